@@ -1,0 +1,1 @@
+"""rktlet: a Kubernetes CRI runtime built around iottymux."""

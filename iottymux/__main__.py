@@ -1,0 +1,5 @@
+import sys
+
+from iottymux.cli import main
+
+sys.exit(main())

@@ -1,0 +1,160 @@
+"""The CRI log file of one app: append-only, never blocking the app.
+
+:class:`LogFile` owns the file descriptor, writes one buffer per read of the
+app's output, and survives a full or failing disk: a batch that cannot be written
+is dropped whole (a short write is cut back with ``ftruncate`` so no half record
+is left in the file), counted, and the next batch is tried again, so the monitor
+keeps draining the app's pipes and the app never blocks on a full disk.
+
+:class:`AppLog` puts the per-stream :class:`~iottymux.logformat.LineFramer`
+objects in front of one :class:`LogFile` and implements the synchronous reopen.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+
+from iottymux.logformat import DEFAULT_MAX_LINE_SIZE, STDERR, STDOUT, LineFramer, TimestampCache
+
+LOG_FILE_MODE = 0o640
+
+#: Errors that mean "the disk cannot take this now"; anything else is a bug we
+#: want to see, but we still must not stop draining, so it is counted the same way.
+DROP_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.ESTALE}
+)
+
+
+def open_log(path: str) -> int:
+    """Open (creating it and its directories) a CRI log file for appending."""
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, mode=0o755, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, LOG_FILE_MODE)
+    return fd
+
+
+@dataclass
+class LogStats:
+    """Counters reported in the monitor's status (and later as metrics)."""
+
+    lines: int = 0  # records written, P pieces included
+    bytes: int = 0  # bytes of app output taken in
+    partial_splits: int = 0  # P records caused by the max line size
+    dropped_lines: int = 0
+    dropped_bytes: int = 0
+    write_errors: int = 0
+    last_error: str = ""
+
+    def as_dict(self) -> dict[str, int | str]:
+        return {
+            "lines": self.lines,
+            "bytes": self.bytes,
+            "partial_splits": self.partial_splits,
+            "dropped_lines": self.dropped_lines,
+            "dropped_bytes": self.dropped_bytes,
+            "write_errors": self.write_errors,
+            "last_error": self.last_error,
+        }
+
+
+class LogFile:
+    """An ``O_APPEND`` file written one batch at a time, dropping on failure."""
+
+    __slots__ = ("failing", "fd", "path", "stats")
+
+    def __init__(self, path: str, stats: LogStats) -> None:
+        self.path = path
+        self.fd = open_log(path)
+        self.stats = stats
+        self.failing = False
+
+    def write(self, batch: bytes, records: int) -> bool:
+        """Append ``batch`` (``records`` whole records); False if it was dropped."""
+        written = 0
+        try:
+            view = memoryview(batch)
+            total = len(batch)
+            while written < total:
+                written += os.write(self.fd, view[written:])
+        except OSError as exc:
+            self._drop(batch, records, written, exc)
+            return False
+        self.failing = False
+        self.stats.lines += records
+        return True
+
+    def _drop(self, batch: bytes, records: int, written: int, exc: OSError) -> None:
+        if written:
+            # Cut the half-written batch back out, so the file holds only whole
+            # records; O_APPEND left the offset at the end of what was written.
+            try:
+                end = os.lseek(self.fd, 0, os.SEEK_CUR)
+                os.ftruncate(self.fd, end - written)
+            except OSError:
+                pass
+        self.failing = True
+        self.stats.dropped_lines += records
+        self.stats.dropped_bytes += len(batch)
+        self.stats.write_errors += 1
+        self.stats.last_error = f"{errno.errorcode.get(exc.errno or 0, exc.errno)}: {exc.strerror}"
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class AppLog:
+    """Framing plus file for one app: stdout and stderr share the file."""
+
+    def __init__(
+        self, path: str, max_line_size: int = DEFAULT_MAX_LINE_SIZE, *, tty: bool = False
+    ) -> None:
+        self.stats = LogStats()
+        self.file = LogFile(path, self.stats)
+        self.max_line_size = max_line_size
+        self.framers = {
+            STDOUT: LineFramer(STDOUT, max_line_size, crlf=tty),
+            STDERR: LineFramer(STDERR, max_line_size, crlf=tty),
+        }
+        self._clock = TimestampCache()
+
+    @property
+    def path(self) -> str:
+        return self.file.path
+
+    def write(self, stream: bytes, data: bytes) -> None:
+        """Log one read of ``stream`` output: one timestamp, one write."""
+        self.stats.bytes += len(data)
+        framer = self.framers[stream]
+        out, records = framer.feed(data, self._clock.now())
+        if records:
+            self.file.write(out, records)
+
+    def stats_dict(self) -> dict[str, int | str]:
+        self.stats.partial_splits = sum(f.splits for f in self.framers.values())
+        return self.stats.as_dict()
+
+    def end_of_stream(self, stream: bytes) -> None:
+        """The stream hit EOF: write its unfinished line, if any, as ``F``."""
+        out, records = self.framers[stream].flush(self._clock.now())
+        if records:
+            self.file.write(out, records)
+
+    def reopen(self) -> None:
+        """Switch to a new file at the same path.
+
+        The caller has drained the app's pipes into the old file first.  An
+        unfinished line stays in its framer and is written, whole, to the new
+        file once it ends: no line is split across the two files.  If the new
+        file cannot be opened the old one stays in use and the error is raised.
+        """
+        new = LogFile(self.file.path, self.stats)
+        old, self.file = self.file, new
+        old.close()
+
+    def close(self) -> None:
+        self.file.close()
