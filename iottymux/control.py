@@ -59,9 +59,12 @@ used by tests and the CLI (the daemon has its own asyncio one).
 from __future__ import annotations
 
 import json
-from typing import Any, Final
 
 from iottymux.unixsock import connect_unix
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Final
 
 PROTOCOL_VERSION: Final = 1
 MAX_MESSAGE_SIZE: Final = 1 << 20

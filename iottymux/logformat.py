@@ -24,8 +24,15 @@ output buffer per read.  The decoder side (:func:`maybe_next_record`,
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Final
+
+# The monitor imports this module: keep typing (and dataclasses, which pull in
+# inspect) out of its start-up; mypy reads these names all the same.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final, TypeAlias
+
+#: What the encoder hands to ``writev``: whole bytes or views into them.
+Buffer: TypeAlias = bytes | memoryview
 
 STDOUT: Final = b"stdout"
 STDERR: Final = b"stderr"
@@ -121,14 +128,42 @@ def parse_timestamp(raw: bytes) -> int:
 # Decoding
 
 
-@dataclass(frozen=True, slots=True)
 class LogRecord:
-    """One decoded line of a CRI log file."""
+    """One decoded line of a CRI log file (immutable)."""
+
+    __slots__ = ("timestamp", "stream", "partial", "content")
 
     timestamp: bytes
     stream: bytes
     partial: bool
     content: bytes
+
+    def __init__(self, timestamp: bytes, stream: bytes, partial: bool, content: bytes) -> None:
+        set_ = object.__setattr__
+        set_(self, "timestamp", timestamp)
+        set_(self, "stream", stream)
+        set_(self, "partial", partial)
+        set_(self, "content", content)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("LogRecord is immutable")
+
+    def _key(self) -> tuple[bytes, bytes, bool, bytes]:
+        return (self.timestamp, self.stream, self.partial, self.content)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LogRecord):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (
+            f"LogRecord(timestamp={self.timestamp!r}, stream={self.stream!r}, "
+            f"partial={self.partial!r}, content={self.content!r})"
+        )
 
     @property
     def time_ns(self) -> int:
@@ -227,37 +262,104 @@ class LineFramer:
 
     def feed(self, data: bytes, timestamp: bytes) -> tuple[bytes, int]:
         """Frame ``data``; return the encoded records and how many there are."""
-        if self._pending:
-            data = self._pending + data
-        if self.crlf and b"\r" in data:
-            data = data.replace(b"\r\n", b"\n")
-        lines = data.split(b"\n")
-        tail = lines.pop()
-        limit = self.max_line_size
-        out = b""
-        count = len(lines)
-        if lines:
-            if max(map(len, lines)) <= limit:
-                # The hot path: every line fits, one join for the whole read.
-                prefix = timestamp + self._full
-                out = prefix + (b"\n" + prefix).join(lines) + b"\n"
-            else:
-                parts: list[bytes] = []
-                for line in lines:
-                    if len(line) > limit:
-                        count += self._cut(line, timestamp, parts)
-                        line = line[(len(line) - 1) // limit * limit :]
-                    parts.append(timestamp + self._full + line + b"\n")
-                out = b"".join(parts)
-        if len(tail) > limit:
-            parts = [out]
-            count += self._cut(tail, timestamp, parts)
-            tail = tail[(len(tail) - 1) // limit * limit :]
-            out = b"".join(parts)
-        self._pending = tail
-        return out, count
+        parts, _, count = self.feed_parts(data, timestamp)
+        return b"".join(parts), count
 
-    def _cut(self, line: bytes, timestamp: bytes, parts: list[bytes]) -> int:
+    def feed_parts(self, data: bytes, timestamp: bytes) -> tuple[list[Buffer], int, int]:
+        """Frame ``data`` into buffers for one ``writev``: (buffers, bytes, records).
+
+        The common case (every line of the read fits) costs one ``replace``
+        over the read and no per-line work: each ``\n`` becomes ``\n`` plus
+        the next record's prefix, and the buffers point into that one result.
+        """
+        pending = self._pending
+        if self.crlf:
+            if data[:1] == b"\n" and pending.endswith(b"\r"):
+                pending = pending[:-1]  # a \r\n pair cut by the previous read
+            if b"\r" in data:
+                data = data.replace(b"\r\n", b"\n")
+        first = data.find(b"\n")
+        if first < 0:
+            return self._grow_pending(data, timestamp)
+        last = data.rfind(b"\n")
+        limit = self.max_line_size
+        if (
+            len(pending) + first > limit
+            or len(data) - last - 1 > limit - self.crlf
+            or self._maybe_long_line(data, first, last)
+        ):
+            return self._feed_slow(pending, data, first, last, timestamp)
+        prefix = timestamp + self._full
+        replaced = data.replace(b"\n", b"\n" + prefix)
+        count = (len(replaced) - len(data)) // len(prefix)
+        tail_len = len(data) - last - 1
+        body = memoryview(replaced)[: len(replaced) - len(prefix) - tail_len]
+        self._pending = data[last + 1 :]
+        parts: list[Buffer] = [prefix, pending, body] if pending else [prefix, body]
+        return parts, len(prefix) + len(pending) + len(body), count
+
+    def _maybe_long_line(self, data: bytes, first: int, last: int) -> bool:
+        """Whether a line between the first and last newline of ``data`` is too long.
+
+        A run of more than ``max_line_size`` bytes without a newline contains a
+        whole aligned block of ``(max + 2) // 2`` bytes without one, so one
+        ``find`` per block rules long lines out; only around a newline-free
+        block is the run measured.  No per-line work.
+        """
+        limit = self.max_line_size
+        block = (limit + 2) // 2
+        find = data.find
+        start = first + 1
+        while start + block <= last:
+            if find(b"\n", start, start + block) >= 0:
+                start += block
+                continue
+            run_start = data.rfind(b"\n", first, start) + 1
+            run_end = find(b"\n", start + block, last + 1)
+            if run_end - run_start > limit:
+                return True
+            start = run_end + 1
+        return False
+
+    def _grow_pending(self, data: bytes, timestamp: bytes) -> tuple[list[Buffer], int, int]:
+        parts: list[Buffer] = []
+        self._pending, count = self._hold_tail(self._pending + data, timestamp, parts)
+        return parts, sum(map(len, parts)), count
+
+    def _hold_tail(self, tail: bytes, timestamp: bytes, parts: list[Buffer]) -> tuple[bytes, int]:
+        """Keep an unfinished line, cutting ``P`` pieces off it while it is too long.
+
+        On a pty a trailing ``\r`` may be half of a ``\r\n``, so it does not
+        count towards the length until the next read tells.
+        """
+        held_cr = self.crlf and tail.endswith(b"\r")
+        body = tail[:-1] if held_cr else tail
+        limit = self.max_line_size
+        if len(body) <= limit:
+            return tail, 0
+        count = self._cut(body, timestamp, parts)
+        rest = body[(len(body) - 1) // limit * limit :]
+        return (rest + b"\r" if held_cr else rest), count
+
+    def _feed_slow(
+        self, pending: bytes, data: bytes, first: int, last: int, timestamp: bytes
+    ) -> tuple[list[Buffer], int, int]:
+        """Per-line framing, for reads that hold a line longer than the maximum."""
+        limit = self.max_line_size
+        lines = data[first + 1 : last].split(b"\n") if last > first else []
+        lines.insert(0, pending + data[:first])
+        parts: list[Buffer] = []
+        full = timestamp + self._full
+        count = len(lines)
+        for line in lines:
+            if len(line) > limit:
+                count += self._cut(line, timestamp, parts)
+                line = line[(len(line) - 1) // limit * limit :]
+            parts += (full, line, b"\n")
+        self._pending, held = self._hold_tail(data[last + 1 :], timestamp, parts)
+        return parts, sum(map(len, parts)), count + held
+
+    def _cut(self, line: bytes, timestamp: bytes, parts: list[Buffer]) -> int:
         """Append ``P`` records for every block of ``line`` but the last.
 
         The last block (1 to ``max_line_size`` bytes) is the caller's: written as
@@ -266,8 +368,9 @@ class LineFramer:
         limit = self.max_line_size
         last_start = (len(line) - 1) // limit * limit
         prefix = timestamp + self._partial
+        view = memoryview(line)
         for start in range(0, last_start, limit):
-            parts.append(prefix + line[start : start + limit] + b"\n")
+            parts += (prefix, view[start : start + limit], b"\n")
         self.splits += last_start // limit
         return last_start // limit
 
@@ -286,3 +389,84 @@ class LineFramer:
         """Remove and return the unfinished tail (used when a stream is re-homed)."""
         tail, self._pending = self._pending, b""
         return tail
+
+
+# ---------------------------------------------------------------------------
+# Decoding helpers for readers (iottymux.logreader)
+
+
+class TimestampParser:
+    """Parses record timestamps to epoch nanoseconds, caching the second.
+
+    Writers stamp many records with the same second (ours stamps a whole read
+    with one timestamp), so for fixed-width UTC timestamps only the nine
+    nanosecond digits are converted per call.  Anything else goes through
+    :func:`parse_timestamp`.
+    """
+
+    __slots__ = ("_head", "_base")
+
+    def __init__(self) -> None:
+        self._head = b""
+        self._base = 0
+
+    def parse(self, raw: bytes) -> int:
+        if len(raw) == TIMESTAMP_WIDTH and raw[29] == 0x5A and raw[19] == 0x2E:  # "Z", "."
+            head = raw[:19]
+            nanos = raw[20:29]
+            if nanos.isdigit():
+                if head != self._head:
+                    self._base = parse_timestamp(head + b"Z")
+                    self._head = head
+                return self._base + int(nanos)
+        return parse_timestamp(raw)
+
+
+_DIGITS_TO_ZERO: Final = bytes.maketrans(b"0123456789", b"0000000000")
+_FIXED_PREFIX_SHAPE: Final = b"0000-00-00T00:00:00.000000000Z"
+_FIXED_FULL_OUT: Final = b"\n" + _FIXED_PREFIX_SHAPE + b" stdout F "
+_FIXED_FULL_ERR: Final = b"\n" + _FIXED_PREFIX_SHAPE + b" stderr F "
+
+#: Length of ``<fixed-width timestamp> <stream> F `` — where a fixed-width ``F`` record's
+#: content starts.
+FIXED_FULL_PREFIX_LEN: Final = TIMESTAMP_WIDTH + 10
+
+
+def count_fixed_full_records(block: bytes) -> tuple[int, int] | None:
+    """Classify a block of whole records in three C-level passes, with no per-line loop.
+
+    ``block`` must start at a record boundary and end with ``\\n``.  Returns
+    ``(stdout, stderr)`` record counts when *every* line is an untagged ``F``
+    record with a fixed-width UTC timestamp (what :class:`LineFramer` writes for
+    lines that fit), else ``None``: the caller then decodes record by record.
+
+    Mapping every digit to ``0`` turns each valid prefix into one of two constant
+    strings; an occurrence preceded by ``\\n`` can only start at a line, so when
+    the occurrences add up to the line count, every line has a valid prefix.
+    """
+    lines = block.count(b"\n")
+    shape = block.translate(_DIGITS_TO_ZERO)
+    n_out = shape.count(_FIXED_FULL_OUT) + shape.startswith(_FIXED_FULL_OUT[1:])
+    n_err = shape.count(_FIXED_FULL_ERR) + shape.startswith(_FIXED_FULL_ERR[1:])
+    if n_out + n_err != lines:
+        return None
+    return n_out, n_err
+
+
+def strip_fixed_full_records(
+    block: bytes, *, keep_timestamp: bool = False, line_prefix: bytes = b""
+) -> bytes:
+    """Turn a block accepted by :func:`count_fixed_full_records` into output lines.
+
+    Each line becomes ``line_prefix + [timestamp + " "] + content + "\\n"``.
+    """
+    lines = block.split(b"\n")
+    lines.pop()
+    cut = FIXED_FULL_PREFIX_LEN
+    if keep_timestamp:
+        parts = [line[:TIMESTAMP_WIDTH] + line[cut - 1 :] for line in lines]
+    else:
+        parts = [line[cut:] for line in lines]
+    if not parts:
+        return b""
+    return line_prefix + (b"\n" + line_prefix).join(parts) + b"\n"

@@ -14,9 +14,18 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
 
-from iottymux.logformat import DEFAULT_MAX_LINE_SIZE, STDERR, STDOUT, LineFramer, TimestampCache
+from iottymux.logformat import (
+    DEFAULT_MAX_LINE_SIZE,
+    STDERR,
+    STDOUT,
+    Buffer,
+    LineFramer,
+    TimestampCache,
+)
+
+IOV_MAX = os.sysconf("SC_IOV_MAX")
 
 LOG_FILE_MODE = 0o640
 
@@ -36,22 +45,35 @@ def open_log(path: str) -> int:
     return fd
 
 
-@dataclass
 class LogStats:
     """Counters reported in the monitor's status (and later as metrics)."""
 
-    lines: int = 0  # records written, P pieces included
-    bytes: int = 0  # bytes of app output taken in
-    partial_splits: int = 0  # P records caused by the max line size
-    dropped_lines: int = 0
-    dropped_bytes: int = 0
-    write_errors: int = 0
-    last_error: str = ""
+    __slots__ = (
+        "lines",
+        "bytes",
+        "reads",
+        "partial_splits",
+        "dropped_lines",
+        "dropped_bytes",
+        "write_errors",
+        "last_error",
+    )
+
+    def __init__(self) -> None:
+        self.lines = 0  # records written, P pieces included
+        self.bytes = 0  # bytes of app output taken in
+        self.reads = 0  # reads of app output (bytes / reads: how well reads batch)
+        self.partial_splits = 0  # P records caused by the max line size
+        self.dropped_lines = 0
+        self.dropped_bytes = 0
+        self.write_errors = 0
+        self.last_error = ""
 
     def as_dict(self) -> dict[str, int | str]:
         return {
             "lines": self.lines,
             "bytes": self.bytes,
+            "reads": self.reads,
             "partial_splits": self.partial_splits,
             "dropped_lines": self.dropped_lines,
             "dropped_bytes": self.dropped_bytes,
@@ -71,22 +93,25 @@ class LogFile:
         self.stats = stats
         self.failing = False
 
-    def write(self, batch: bytes, records: int) -> bool:
-        """Append ``batch`` (``records`` whole records); False if it was dropped."""
+    def write(self, parts: Sequence[Buffer], size: int, records: int) -> bool:
+        """Append one batch (``records`` whole records); False if it was dropped."""
         written = 0
         try:
-            view = memoryview(batch)
-            total = len(batch)
-            while written < total:
-                written += os.write(self.fd, view[written:])
+            if len(parts) <= IOV_MAX:
+                written = os.writev(self.fd, parts)
+            if written < size:
+                # Rare: many pieces (long lines cut up), or a short write.
+                rest = memoryview(b"".join(parts))
+                while written < size:
+                    written += os.write(self.fd, rest[written:])
         except OSError as exc:
-            self._drop(batch, records, written, exc)
+            self._drop(size, records, written, exc)
             return False
         self.failing = False
         self.stats.lines += records
         return True
 
-    def _drop(self, batch: bytes, records: int, written: int, exc: OSError) -> None:
+    def _drop(self, size: int, records: int, written: int, exc: OSError) -> None:
         if written:
             # Cut the half-written batch back out, so the file holds only whole
             # records; O_APPEND left the offset at the end of what was written.
@@ -97,7 +122,7 @@ class LogFile:
                 pass
         self.failing = True
         self.stats.dropped_lines += records
-        self.stats.dropped_bytes += len(batch)
+        self.stats.dropped_bytes += size
         self.stats.write_errors += 1
         self.stats.last_error = f"{errno.errorcode.get(exc.errno or 0, exc.errno)}: {exc.strerror}"
 
@@ -129,10 +154,11 @@ class AppLog:
     def write(self, stream: bytes, data: bytes) -> None:
         """Log one read of ``stream`` output: one timestamp, one write."""
         self.stats.bytes += len(data)
+        self.stats.reads += 1
         framer = self.framers[stream]
-        out, records = framer.feed(data, self._clock.now())
+        parts, size, records = framer.feed_parts(data, self._clock.now())
         if records:
-            self.file.write(out, records)
+            self.file.write(parts, size, records)
 
     def stats_dict(self) -> dict[str, int | str]:
         self.stats.partial_splits = sum(f.splits for f in self.framers.values())
@@ -142,7 +168,7 @@ class AppLog:
         """The stream hit EOF: write its unfinished line, if any, as ``F``."""
         out, records = self.framers[stream].flush(self._clock.now())
         if records:
-            self.file.write(out, records)
+            self.file.write([out], len(out), records)
 
     def reopen(self) -> None:
         """Switch to a new file at the same path.

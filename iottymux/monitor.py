@@ -35,14 +35,12 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import selectors
 import signal
 import socket
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
 
 from iottymux import control, state
 from iottymux.control import ControlCodec, ControlError, invalid
@@ -50,6 +48,10 @@ from iottymux.logformat import DEFAULT_MAX_LINE_SIZE, STDERR, STDOUT
 from iottymux.logwriter import AppLog
 from iottymux.spawn import SpawnError, Stdio, make_pipe, make_pty, spawn
 from iottymux.unixsock import listen_unix
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: One read per wake-up, as large as a raised pipe: fewer wake-ups, and lines
 #: are rarely cut by the read size (the framer reassembles them anyway).
@@ -62,10 +64,26 @@ DRAIN_READS = 256
 #: Replies and events buffered for a control client that does not read.
 MAX_CLIENT_BUFFER = 8 << 20
 
+#: Seconds without events, after a burst of output, before the idle hook runs.
+IDLE_AFTER = 1.0
+
 #: How long a shutdown waits for killed apps to be reaped.
 SHUTDOWN_GRACE = 10.0
 
-APP_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+_NAME_FIRST = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+_NAME_REST = _NAME_FIRST | frozenset("._-")
+
+
+def valid_app_name(name: object) -> bool:
+    """``[a-z0-9][a-z0-9._-]{0,62}`` (without importing ``re`` at start-up)."""
+    return (
+        isinstance(name, str)
+        and 0 < len(name) <= 63
+        and name[0] in _NAME_FIRST
+        and all(c in _NAME_REST for c in name)
+    )
+
+
 INPUT_MODES = ("null", "stream", "tty")
 OUTPUT_MODES = ("null", "log", "stream", "tty")
 
@@ -242,7 +260,13 @@ class ControlConnection:
 class Monitor:
     """The event loop of one pod's monitor."""
 
-    def __init__(self, run_dir: str, *, log: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: str,
+        *,
+        log: Callable[[str], None] | None = None,
+        on_idle: Callable[[], None] | None = None,
+    ) -> None:
         self.run_dir = os.path.abspath(run_dir)
         self.control_path = os.path.join(self.run_dir, "control.sock")
         self.state_path = os.path.join(self.run_dir, "state.json")
@@ -259,6 +283,10 @@ class Monitor:
         self._listener: socket.socket | None = None
         self._signal_r = -1
         self._signal_w = -1
+        #: Called once the loop has been idle for IDLE_AFTER seconds after
+        #: output was handled (the monitor command returns freed heap then).
+        self._on_idle = on_idle
+        self._busy = False
 
     # -- setup -------------------------------------------------------------
 
@@ -310,7 +338,14 @@ class Monitor:
                 if timeout == 0.0:
                     self._log("shutdown: apps still not reaped, exiting anyway")
                     break
-            for key, _mask in select(timeout):
+            elif self._busy and self._on_idle is not None:
+                timeout = IDLE_AFTER
+            events = select(timeout)
+            if not events and self._busy and not self._stopping:
+                self._busy = False
+                if self._on_idle is not None:
+                    self._on_idle()
+            for key, _mask in events:
                 callback: Callback = key.data
                 callback(key.fd)
         self._finish_shutdown()
@@ -394,6 +429,7 @@ class Monitor:
         if not data:
             self._output_eof(app, output)
             return False
+        self._busy = True
         if output.logged and app.log is not None:
             app.log.write(output.stream, data)
         return True
@@ -749,7 +785,7 @@ def parse_signal(value: Any) -> int:
 def validate_add(msg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """Check an ``add`` request; every error names its field."""
     name = msg.get("app")
-    if not isinstance(name, str) or not APP_NAME.match(name):
+    if not isinstance(name, str) or not valid_app_name(name):
         raise invalid(f"app: {name!r} is not a valid app name ([a-z0-9][a-z0-9._-]*, <= 63)")
     command = msg.get("command")
     if (
@@ -802,9 +838,13 @@ def validate_add(msg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return name, spec
 
 
-def run_monitor(run_dir: str, ready: Callable[[Monitor], None] | None = None) -> None:
+def run_monitor(
+    run_dir: str,
+    ready: Callable[[Monitor], None] | None = None,
+    on_idle: Callable[[], None] | None = None,
+) -> None:
     """Set up and run a monitor in this process until it shuts down."""
-    monitor = Monitor(run_dir)
+    monitor = Monitor(run_dir, on_idle=on_idle)
     monitor.setup()
     try:
         if ready is not None:

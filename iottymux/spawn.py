@@ -17,7 +17,6 @@ import os
 import signal
 import termios
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 #: What a pipe is raised to, where the kernel allows (fs.pipe-max-size).
 PIPE_SIZE = 1 << 20
@@ -27,15 +26,17 @@ class SpawnError(OSError):
     """The process could not be started (exec or setup failed in the child)."""
 
 
-@dataclass
 class Stdio:
     """The child's ends of its three standard streams (-1: /dev/null)."""
 
-    stdin: int = -1
-    stdout: int = -1
-    stderr: int = -1
-    #: A pty slave to make the controlling terminal of the child's session.
-    ctty: int = -1
+    __slots__ = ("stdin", "stdout", "stderr", "ctty")
+
+    def __init__(self, stdin: int = -1, stdout: int = -1, stderr: int = -1, ctty: int = -1) -> None:
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
+        #: A pty slave to make the controlling terminal of the child's session.
+        self.ctty = ctty
 
 
 def make_pipe() -> tuple[int, int]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,21 +12,14 @@ from typing import Any
 import pytest
 
 from iottymux.control import ControlClient
+from iottymux.monitor_cmd import start_detached
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def start_monitor(run_dir: Path) -> int:
     """Start a detached monitor the way rktlet does; return its pid."""
-    out = subprocess.run(
-        [sys.executable, "-m", "iottymux", "monitor", "--run-dir", str(run_dir), "--detach"],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=REPO,
-    )
-    return int(out.stdout.strip())
+    return start_detached(str(run_dir))
 
 
 def process_tree(pid: int) -> list[int]:

@@ -68,6 +68,18 @@ CASES = [
     ("max+1 is P then F", b"abcde\n", 4, [(b"P", b"abcd"), (b"F", b"e")]),
     ("2*max is P then F of max", b"abcdefgh\n", 4, [(b"P", b"abcd"), (b"F", b"efgh")]),
     ("long unfinished line emits P pieces", b"abcdefghij", 4, [(b"P", b"abcd"), (b"P", b"efgh")]),
+    (
+        "line, then a long unfinished one",
+        b"ab\nabcdefghij",
+        4,
+        [(b"F", b"ab"), (b"P", b"abcd"), (b"P", b"efgh")],
+    ),
+    (
+        "long line between short ones",
+        b"a\nbcdefghijk\nl\n",
+        4,
+        [(b"F", b"a"), (b"P", b"bcde"), (b"P", b"fghi"), (b"F", b"jk"), (b"F", b"l")],
+    ),
     ("NUL and invalid UTF-8 pass through", b"a\x00b\xff\xfe\n", 16, [(b"F", b"a\x00b\xff\xfe")]),
     ("lone CR kept without crlf", b"a\r\n", 16, [(b"F", b"a\r")]),
     ("spaces kept", b"  x  \n", 16, [(b"F", b"  x  ")]),
@@ -207,3 +219,31 @@ def test_malformed_line_is_consumed() -> None:
         maybe_next_record(buf)
     record = maybe_next_record(buf)
     assert record is not None and record.content == b"ok"
+
+
+def reference_framing(stream: bytes, max_line: int, crlf: bool) -> list[tuple[bytes, bytes]]:
+    """The CRI framing of a whole stream, written the obvious way."""
+    if crlf:
+        stream = stream.replace(b"\r\n", b"\n")
+    result = []
+    for line in stream.split(b"\n")[:-1]:
+        while len(line) > max_line:
+            result.append((b"P", line[:max_line]))
+            line = line[max_line:]
+        result.append((b"F", line))
+    return result
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_streams_match_the_reference_whatever_the_reads(seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    crlf = seed % 2 == 1
+    max_line = rng.choice([1, 2, 3, 7, 16, 64])
+    alphabet = b"ab\n\r" if crlf else b"abc\n"
+    data = bytes(rng.choice(alphabet) for _ in range(rng.randrange(0, 400)))
+    data += b"\n"
+    cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randrange(0, 30))))
+    got = frame(data, max_line, crlf=crlf, cuts=cuts)
+    assert got == reference_framing(data, max_line, crlf)
