@@ -102,7 +102,15 @@ def invalid(message: str) -> ControlError:
 
 
 class ProtocolError(Exception):
-    """The peer broke the framing; the connection is closed."""
+    """The peer broke the framing; the connection is closed.
+
+    ``messages`` holds the good messages that came before the bad bytes, so
+    they are still answered.
+    """
+
+    def __init__(self, message: str, messages: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.messages = messages or []
 
 
 class ControlCodec:
@@ -121,7 +129,7 @@ class ControlCodec:
             end = self._buffer.find(b"\n")
             if end < 0:
                 if len(self._buffer) > MAX_MESSAGE_SIZE:
-                    raise ProtocolError(f"message longer than {MAX_MESSAGE_SIZE} bytes")
+                    raise ProtocolError(f"message longer than {MAX_MESSAGE_SIZE} bytes", messages)
                 return messages
             line = bytes(self._buffer[:end])
             del self._buffer[: end + 1]
@@ -130,9 +138,9 @@ class ControlCodec:
             try:
                 message = json.loads(line)
             except ValueError as exc:
-                raise ProtocolError(f"not JSON: {exc}") from None
+                raise ProtocolError(f"not JSON: {exc}", messages) from None
             if not isinstance(message, dict):
-                raise ProtocolError("a message must be a JSON object")
+                raise ProtocolError("a message must be a JSON object", messages)
             messages.append(message)
 
     @staticmethod

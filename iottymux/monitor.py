@@ -486,18 +486,19 @@ class Monitor:
         if not data:
             self._drop_conn(conn)
             return
+        broken: control.ProtocolError | None = None
         try:
             messages = conn.codec.receive_data(data)
         except control.ProtocolError as exc:
-            self._send(
-                conn, {"ok": False, "error": {"code": "InvalidArgument", "message": str(exc)}}
-            )
-            self._drop_conn(conn)
-            return
+            broken, messages = exc, exc.messages
         for message in messages:
             if conn.closed:
                 return
             self._handle(conn, message)
+        if broken is not None:
+            error = {"code": "InvalidArgument", "message": str(broken)}
+            self._send(conn, {"ok": False, "error": error})
+            self._drop_conn(conn)
 
     def _handle(self, conn: ControlConnection, message: dict[str, Any]) -> None:
         request_id = message.get("id")
