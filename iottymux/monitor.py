@@ -34,18 +34,20 @@ App life cycle::
 from __future__ import annotations
 
 import errno
+import functools
 import os
-import selectors
 import signal
 import socket
 import sys
 import time
 from collections.abc import Callable
 
-from iottymux import control, state
+from iottymux import attachproto, control, state
+from iottymux.attach import DEFAULT_QUEUE_SIZE, DEFAULT_RING_SIZE, AttachEndpoint
 from iottymux.control import ControlCodec, ControlError, invalid
 from iottymux.logformat import DEFAULT_MAX_LINE_SIZE, STDERR, STDOUT
 from iottymux.logwriter import AppLog
+from iottymux.loop import Loop
 from iottymux.spawn import SpawnError, Stdio, make_pipe, make_pty, spawn
 from iottymux.unixsock import listen_unix
 
@@ -87,8 +89,6 @@ def valid_app_name(name: object) -> bool:
 INPUT_MODES = ("null", "stream", "tty")
 OUTPUT_MODES = ("null", "log", "stream", "tty")
 
-Callback = Callable[[int], None]
-
 
 def _nonblocking(fd: int) -> None:
     os.set_blocking(fd, False)
@@ -97,12 +97,15 @@ def _nonblocking(fd: int) -> None:
 class Output:
     """One readable output of an app: a pipe, or the pty master."""
 
-    __slots__ = ("eof", "fd", "logged", "stream")
+    __slots__ = ("attachable", "eof", "fd", "kind", "logged", "stream")
 
-    def __init__(self, fd: int, stream: bytes, logged: bool) -> None:
+    def __init__(self, fd: int, stream: bytes, logged: bool, attachable: bool) -> None:
         self.fd = fd
         self.stream = stream
         self.logged = logged
+        self.attachable = attachable
+        #: The attach frame kind this output's bytes travel in.
+        self.kind = attachproto.STDOUT if stream == STDOUT else attachproto.STDERR
         self.eof = False
 
 
@@ -122,6 +125,10 @@ class App:
         self.tty = "tty" in self.modes.values()
         self.log_path: str | None = spec.get("log_path")
         self.max_line_size: int = spec.get("max_line_size", DEFAULT_MAX_LINE_SIZE)
+        self.stdin_once: bool = spec.get("stdin_once", False)
+        self.attach_queue_size: int = spec.get("attach_queue_size", DEFAULT_QUEUE_SIZE)
+        self.ring_size: int = spec.get("ring_size", DEFAULT_RING_SIZE)
+        self.attach: AttachEndpoint | None = None
         self.state = "created"
         self.pid = 0
         self.created_at = time.time_ns()
@@ -161,7 +168,7 @@ class App:
                     stderr=slave if self.modes["stderr"] == "tty" else -1,
                     ctty=slave,
                 )
-                self.outputs.append(Output(master, STDOUT, self.log is not None))
+                self.outputs.append(Output(master, STDOUT, self.log is not None, True))
                 if self.modes["stdin"] == "tty":
                     self.stdin_fd = master
                 return
@@ -169,6 +176,7 @@ class App:
             if self.modes["stdin"] == "stream":
                 r, w = make_pipe()
                 self._child_fds.append(r)
+                _nonblocking(w)
                 self.stdin_fd = w
                 stdio.stdin = r
             for name, stream in (("stdout", STDOUT), ("stderr", STDERR)):
@@ -178,7 +186,8 @@ class App:
                 self._child_fds.append(w)
                 _nonblocking(r)
                 setattr(stdio, name, w)
-                self.outputs.append(Output(r, stream, self.log is not None))
+                attachable = self.modes[name] == "stream"
+                self.outputs.append(Output(r, stream, self.log is not None, attachable))
             self.child_stdio = stdio
         except BaseException:
             self.close_stdio()
@@ -190,7 +199,17 @@ class App:
         self._child_fds.clear()
         self.child_stdio = Stdio()
 
+    def stdin_closed(self, fd: int) -> None:
+        """The attach endpoint ended the app's stdin (StdinOnce)."""
+        if fd == self.stdin_fd:
+            self.stdin_fd = -1
+        if fd != self.pty_master:
+            os.close(fd)
+
     def close_stdio(self) -> None:
+        if self.attach is not None:
+            self.attach.close()
+            self.attach = None
         self.close_child_ends()
         for output in self.outputs:
             if output.fd >= 0 and output.fd != self.pty_master:
@@ -229,6 +248,8 @@ class App:
         }
         if self.log is not None:
             result["log"] = self.log.stats_dict()
+        if self.attach is not None:
+            result["attach"] = self.attach.status()
         return result
 
     def exit_event(self) -> dict[str, Any]:
@@ -273,9 +294,8 @@ class Monitor:
         self.started_at = time.time_ns()
         self.apps: dict[str, App] = {}
         self._by_pid: dict[int, App] = {}
-        self._by_fd: dict[int, tuple[App, Output]] = {}
         self._conns: dict[int, ControlConnection] = {}
-        self._selector = selectors.DefaultSelector()
+        self.loop = Loop()
         self._log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self._stopping = False
         self._stop_deadline = 0.0
@@ -298,10 +318,10 @@ class Monitor:
             signal.signal(signum, _note_signal)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        self._selector.register(self._signal_r, selectors.EVENT_READ, self._on_signals)
+        self.loop.add_reader(self._signal_r, self._on_signals)
         self._write_state()
         self._listener = listen_unix(self.control_path, mode=0o600)
-        self._selector.register(self._listener, selectors.EVENT_READ, self._on_accept)
+        self.loop.add_reader(self._listener.fileno(), self._on_accept)
 
     def close(self) -> None:
         for app in list(self.apps.values()):
@@ -310,7 +330,7 @@ class Monitor:
         for conn in list(self._conns.values()):
             self._drop_conn(conn)
         if self._listener is not None:
-            self._selector.unregister(self._listener)
+            self.loop.forget(self._listener.fileno())
             self._listener.close()
             self._listener = None
             try:
@@ -322,13 +342,13 @@ class Monitor:
             if fd >= 0:
                 os.close(fd)
         self._signal_r = self._signal_w = -1
-        self._selector.close()
+        self.loop.close()
 
     # -- the loop ------------------------------------------------------------
 
     def run(self) -> None:
         """Serve until a shutdown completes."""
-        select = self._selector.select
+        run_once = self.loop.run_once
         while True:
             timeout = None
             if self._stopping:
@@ -340,21 +360,18 @@ class Monitor:
                     break
             elif self._busy and self._on_idle is not None:
                 timeout = IDLE_AFTER
-            events = select(timeout)
-            if not events and self._busy and not self._stopping:
+            handled = run_once(timeout)
+            if not handled and self._busy and not self._stopping:
                 self._busy = False
                 if self._on_idle is not None:
                     self._on_idle()
-            for key, _mask in events:
-                callback: Callback = key.data
-                callback(key.fd)
         self._finish_shutdown()
 
     # -- signals and reaping -------------------------------------------------
 
-    def _on_signals(self, fd: int) -> None:
+    def _on_signals(self) -> None:
         try:
-            received = os.read(fd, 512)
+            received = os.read(self._signal_r, 512)
         except BlockingIOError:
             return
         if signal.SIGCHLD in received:
@@ -391,6 +408,10 @@ class Monitor:
         app.state = "exited"
         self._write_state()
         event = app.exit_event()
+        if app.attach is not None:
+            app.attach.app_exited(
+                {"exit_code": app.exit_code, "signal": app.signal, "reason": app.reason}
+            )
         for conn, request_id in app.waiters:
             self._reply(conn, request_id, {"ok": True, **app.status()})
         app.waiters.clear()
@@ -400,20 +421,12 @@ class Monitor:
 
     def _watch_outputs(self, app: App) -> None:
         for output in app.outputs:
-            self._by_fd[output.fd] = (app, output)
-            self._selector.register(output.fd, selectors.EVENT_READ, self._on_output)
+            self.loop.add_reader(output.fd, functools.partial(self._read_once, app, output))
 
     def _unwatch_outputs(self, app: App) -> None:
         for output in app.outputs:
-            if output.fd in self._by_fd:
-                del self._by_fd[output.fd]
-                self._selector.unregister(output.fd)
-
-    def _on_output(self, fd: int) -> None:
-        entry = self._by_fd.get(fd)
-        if entry is None:
-            return  # closed earlier in this same batch of events
-        self._read_once(*entry)
+            if not output.eof:
+                self.loop.remove_reader(output.fd)
 
     def _read_once(self, app: App, output: Output) -> bool:
         """One read; False when nothing more is there right now (or at EOF)."""
@@ -432,6 +445,8 @@ class Monitor:
         self._busy = True
         if output.logged and app.log is not None:
             app.log.write(output.stream, data)
+        if output.attachable and app.attach is not None:
+            app.attach.broadcast(output.kind, data)
         return True
 
     def _drain(self, app: App, output: Output) -> None:
@@ -441,9 +456,7 @@ class Monitor:
 
     def _output_eof(self, app: App, output: Output) -> None:
         output.eof = True
-        if output.fd in self._by_fd:
-            del self._by_fd[output.fd]
-            self._selector.unregister(output.fd)
+        self.loop.remove_reader(output.fd)
         if app.log is not None:
             if app.tty:
                 # stdout and stderr share the pty; one framer is in use.
@@ -453,7 +466,7 @@ class Monitor:
 
     # -- control socket ------------------------------------------------------
 
-    def _on_accept(self, fd: int) -> None:
+    def _on_accept(self) -> None:
         assert self._listener is not None
         while True:
             try:
@@ -466,17 +479,11 @@ class Monitor:
             sock.setblocking(False)
             conn = ControlConnection(sock)
             self._conns[conn.fd] = conn
-            self._selector.register(conn.fd, selectors.EVENT_READ, self._on_conn_event)
+            self.loop.add_reader(conn.fd, functools.partial(self._on_conn_readable, conn))
 
-    def _on_conn_event(self, fd: int) -> None:
-        conn = self._conns.get(fd)
-        if conn is None:
+    def _on_conn_readable(self, conn: ControlConnection) -> None:
+        if conn.closed:
             return
-        key = self._selector.get_key(fd)
-        if key.events & selectors.EVENT_WRITE:
-            self._flush_conn(conn)
-            if conn.closed:
-                return
         try:
             data = conn.sock.recv(65536)
         except BlockingIOError:
@@ -548,20 +555,17 @@ class Monitor:
             self._log("dropping a control client that does not read its replies")
             self._drop_conn(conn)
             return
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.outbuf else 0)
-        key = self._selector.get_key(conn.fd)
-        if key.events != events:
-            self._selector.modify(conn.fd, events, self._on_conn_event)
+        if conn.outbuf:
+            self.loop.add_writer(conn.fd, functools.partial(self._flush_conn, conn))
+        else:
+            self.loop.remove_writer(conn.fd)
 
     def _drop_conn(self, conn: ControlConnection) -> None:
         if conn.closed:
             return
         conn.closed = True
         self._conns.pop(conn.fd, None)
-        try:
-            self._selector.unregister(conn.fd)
-        except (KeyError, ValueError):
-            pass
+        self.loop.forget(conn.fd)
         conn.sock.close()
         for app in self.apps.values():
             app.waiters = [(c, i) for c, i in app.waiters if c is not conn]
@@ -597,6 +601,23 @@ class Monitor:
                 if app.log is None and app.log_path
                 else f"cannot set up stdio: {exc}",
             ) from None
+        try:
+            app.attach = AttachEndpoint(
+                self.loop,
+                os.path.join(self.run_dir, "apps", name),
+                name,
+                tty=app.tty,
+                stdin_fd=app.stdin_fd,
+                stdin_once=app.stdin_once,
+                queue_size=app.attach_queue_size,
+                ring_size=app.ring_size,
+                resize_fd=app.pty_master,
+                on_stdin_closed=app.stdin_closed,
+                log=self._log,
+            )
+        except OSError as exc:
+            app.close_stdio()
+            raise ControlError("Internal", f"cannot create the attach endpoint: {exc}") from None
         self.apps[name] = app
         self._watch_outputs(app)
         self._write_state()
@@ -621,12 +642,18 @@ class Monitor:
             for output in list(app.outputs):
                 self._drain(app, output)
             self._write_state()
+            if app.attach is not None:
+                app.attach.app_exited(
+                    {"exit_code": app.exit_code, "signal": None, "reason": app.reason}
+                )
             self._broadcast(app.exit_event())
             raise ControlError("FailedPrecondition", str(exc.strerror)) from None
         app.close_child_ends()
         app.pid = pid
         app.started_at = time.time_ns()
         app.state = "running"
+        if app.attach is not None:
+            app.attach.app_started()
         self._by_pid[pid] = app
         self._write_state()
         return {"pid": pid}
@@ -836,6 +863,18 @@ def validate_add(msg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     if isinstance(max_line, bool) or not isinstance(max_line, int) or not 1 <= max_line <= 1 << 24:
         raise invalid("max_line_size: must be an integer from 1 to 16777216")
     spec["max_line_size"] = max_line
+    stdin_once = msg.get("stdin_once", False)
+    if not isinstance(stdin_once, bool):
+        raise invalid("stdin_once: must be true or false")
+    spec["stdin_once"] = stdin_once
+    for size_field, size_default, low, high in (
+        ("attach_queue_size", DEFAULT_QUEUE_SIZE, 4096, 1 << 30),
+        ("ring_size", DEFAULT_RING_SIZE, 0, 1 << 24),
+    ):
+        value = msg.get(size_field, size_default)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise invalid(f"{size_field}: must be an integer from {low} to {high}")
+        spec[size_field] = value
     return name, spec
 
 

@@ -1,0 +1,494 @@
+"""Attach endpoints: many clients per app, stdin fan-in, resize, slow-client isolation.
+
+Theory of operation
+-------------------
+Every app has one :class:`AttachEndpoint`: a listening unix socket and the
+connected :class:`Attacher` objects.  The monitor hands each read of the app's
+output to :meth:`AttachEndpoint.broadcast`, which
+
+* appends it to a ring buffer of recent output (replayed on request), and
+* queues one frame per attacher: the frame header is new, the payload is the
+  very bytes object the monitor read, shared by every attacher (no copies).
+
+Queued frames are written with ``sendmsg`` whenever the attacher's socket takes
+them.  Nothing ever waits for a client: an attacher whose queue grows past its
+limit loses its queued output, is sent an ``ERROR`` frame saying why, and is
+disconnected (after a short grace for that last frame); the app, the log and
+the other attachers never notice.  A frame already partly written is finished
+first, so the client's byte stream stays well formed.
+
+Stdin from all attachers goes into one queue, written to the app whole message
+by whole message, in arrival order.  When the app does not read and the queue
+passes its limit, the endpoint stops reading from attachers (back-pressure
+instead of loss) until the app has taken half of it.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import fcntl
+import functools
+import json
+import os
+import struct
+import termios
+
+from iottymux import attachproto as proto
+from iottymux.state import write_atomic
+from iottymux.unixsock import listen_unix
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
+    from collections.abc import Callable
+    from typing import Any
+
+    from iottymux.loop import Loop, Timer
+
+DEFAULT_QUEUE_SIZE = 1 << 20
+DEFAULT_RING_SIZE = 64 << 10
+#: Back-pressure bound on stdin waiting for the app to read it.
+STDIN_QUEUE_LIMIT = 1 << 20
+#: How long a disconnected attacher gets to take its last frame (EXIT, ERROR).
+CLOSE_GRACE = 30.0
+#: Buffers per sendmsg call (well under IOV_MAX).
+SEND_BATCH = 64
+RECV_SIZE = 1 << 18
+#: The byte a tty turns into end-of-file for the app reading it (VEOF, ^D).
+TTY_EOF = b"\x04"
+
+
+class Attacher:
+    """One client of an attach endpoint."""
+
+    __slots__ = (
+        "sock",
+        "fd",
+        "decoder",
+        "greeted",
+        "wants",
+        "took_stdin",
+        "queue",
+        "queued",
+        "head_sent",
+        "closing",
+        "grace",
+        "closed",
+        "paused",
+    )
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.decoder = proto.FrameDecoder(proto.CLIENT_KINDS)
+        self.greeted = False
+        self.wants: frozenset[int] = frozenset()
+        self.took_stdin = False
+        # Frames waiting for the socket: (header, payload); ``head_sent``
+        # bytes of the first one are already written.
+        self.queue: collections.deque[tuple[bytes, bytes]] = collections.deque()
+        self.queued = 0
+        self.head_sent = 0
+        self.closing = False
+        self.grace: Timer | None = None
+        self.closed = False
+        self.paused = False
+
+
+class AttachEndpoint:
+    """The attach socket of one app and everything attached to it."""
+
+    def __init__(
+        self,
+        loop: Loop,
+        app_dir: str,
+        app_name: str,
+        *,
+        tty: bool,
+        stdin_fd: int,
+        stdin_once: bool,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        ring_size: int = DEFAULT_RING_SIZE,
+        resize_fd: int = -1,
+        on_stdin_closed: Callable[[int], None] = os.close,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.loop = loop
+        self.app_dir = app_dir
+        self.app_name = app_name
+        self.tty = tty
+        self.stdin_fd = stdin_fd
+        self.stdin_once = stdin_once
+        self.queue_size = queue_size
+        self.ring_size = ring_size
+        self.path = os.path.join(app_dir, "attach.sock")
+        #: The pty master, for TIOCSWINSZ (tty apps only).
+        self.resize_fd = resize_fd
+        self._on_stdin_closed = on_stdin_closed
+        self._log = log or (lambda msg: None)
+        self.attachers: dict[int, Attacher] = {}
+        self.ring: collections.deque[tuple[int, bytes]] = collections.deque()
+        self.ring_bytes = 0
+        self.stdin_queue: collections.deque[bytes] = collections.deque()
+        self.stdin_queued = 0
+        self.stdin_head_sent = 0
+        self.stdin_closing = False  # close once the queue is written
+        self.exit_body: dict[str, Any] | None = None
+        self.state = "created"
+        # counters for status and metrics
+        self.sessions = 0
+        self.overflow_disconnects = 0
+        self.stdin_bytes = 0
+        os.makedirs(app_dir, mode=0o700, exist_ok=True)
+        self.listener = listen_unix(self.path, mode=0o600)
+        try:
+            endpoints = {
+                "version": 1,
+                "app": app_name,
+                "attach": self.path,
+                "tty": tty,
+                "stdin": stdin_fd >= 0,
+            }
+            write_atomic(os.path.join(app_dir, "endpoints"), json.dumps(endpoints).encode())
+        except BaseException:
+            self.listener.close()
+            raise
+        loop.add_reader(self.listener.fileno(), self._accept)
+
+    # -- life of the endpoint --------------------------------------------------
+
+    def close(self) -> None:
+        for attacher in list(self.attachers.values()):
+            self._drop(attacher)
+        fd = self.listener.fileno()
+        self.loop.forget(fd)
+        self.listener.close()
+        if self.stdin_fd >= 0:
+            self.loop.remove_writer(self.stdin_fd)
+        for name in ("attach.sock", "endpoints"):
+            try:
+                os.unlink(os.path.join(self.app_dir, name))
+            except FileNotFoundError:
+                pass
+        try:
+            os.rmdir(self.app_dir)
+        except OSError:
+            pass
+
+    def app_started(self) -> None:
+        self.state = "running"
+
+    def app_exited(self, body: dict[str, Any]) -> None:
+        """Tell every attacher how the app ended, then let them go."""
+        self.state = "exited"
+        self.exit_body = body
+        frame = proto.encode_json(proto.EXIT, body)
+        for attacher in list(self.attachers.values()):
+            if attacher.greeted and not attacher.closing:
+                self._finish(attacher, frame)
+        # Nobody writes to a dead app's stdin.
+        self.stdin_queue.clear()
+        self.stdin_queued = 0
+
+    def status(self) -> dict[str, int]:
+        return {
+            "attachers": len(self.attachers),
+            "sessions": self.sessions,
+            "overflow_disconnects": self.overflow_disconnects,
+            "stdin_bytes": self.stdin_bytes,
+            "ring_bytes": self.ring_bytes,
+        }
+
+    # -- output ------------------------------------------------------------------
+
+    def broadcast(self, kind: int, data: bytes) -> None:
+        """One read of the app's output, for the ring and every attacher."""
+        self._remember(kind, data)
+        if not self.attachers:
+            return
+        head = proto.header(kind, len(data))
+        for attacher in list(self.attachers.values()):
+            if kind in attacher.wants and not attacher.closing:
+                self._enqueue(attacher, head, data)
+
+    def _remember(self, kind: int, data: bytes) -> None:
+        if self.ring_size <= 0:
+            return
+        if len(data) >= self.ring_size:
+            self.ring.clear()
+            self.ring.append((kind, data[-self.ring_size :]))
+            self.ring_bytes = self.ring_size
+            return
+        self.ring.append((kind, data))
+        self.ring_bytes += len(data)
+        while self.ring_bytes > self.ring_size:
+            old_kind, old = self.ring[0]
+            excess = self.ring_bytes - self.ring_size
+            if len(old) <= excess:
+                self.ring.popleft()
+                self.ring_bytes -= len(old)
+            else:
+                self.ring[0] = (old_kind, old[excess:])
+                self.ring_bytes -= excess
+
+    def _enqueue(self, attacher: Attacher, head: bytes, payload: bytes) -> None:
+        attacher.queue.append((head, payload))
+        attacher.queued += len(head) + len(payload)
+        if len(attacher.queue) == 1:
+            self._flush(attacher)
+            if attacher.closed:
+                return
+        if attacher.queued > self.queue_size and not attacher.closing:
+            self._overflow(attacher)
+
+    def _overflow(self, attacher: Attacher) -> None:
+        self.overflow_disconnects += 1
+        reason = (
+            f"overflow: attacher fell more than {self.queue_size} bytes behind the app's "
+            "output; disconnected so that the app and its log are not slowed"
+        )
+        self._log(f"{self.app_name}: {reason}")
+        # Keep the frame being written, if any, so the stream stays well formed.
+        keep = attacher.queue[0] if attacher.head_sent else None
+        attacher.queue.clear()
+        attacher.queued = 0
+        if keep is not None:
+            attacher.queue.append(keep)
+            attacher.queued = len(keep[0]) + len(keep[1]) - attacher.head_sent
+        self._finish(attacher, proto.encode(proto.ERROR, reason.encode()))
+
+    def _finish(self, attacher: Attacher, last_frame: bytes) -> None:
+        """Send a last frame, then close; a client that never reads gets a grace."""
+        attacher.closing = True
+        if attacher.fd in self.attachers:
+            self._stop_reading(attacher)
+        attacher.queue.append((last_frame, b""))
+        attacher.queued += len(last_frame)
+        attacher.grace = self.loop.call_later(CLOSE_GRACE, lambda: self._drop(attacher))
+        self._flush(attacher)
+
+    def _flush(self, attacher: Attacher) -> None:
+        queue = attacher.queue
+        while queue:
+            buffers: list[bytes | memoryview] = []
+            skip = attacher.head_sent
+            for i in range(min(len(queue), SEND_BATCH)):
+                for piece in queue[i]:
+                    if skip >= len(piece):
+                        skip -= len(piece)
+                        continue
+                    buffers.append(memoryview(piece)[skip:] if skip else piece)
+                    skip = 0
+            offered = sum(map(len, buffers))
+            try:
+                sent = attacher.sock.sendmsg(buffers) if buffers else 0
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self._drop(attacher)
+                return
+            attacher.queued -= sent
+            done = sent + attacher.head_sent
+            while queue:
+                size = len(queue[0][0]) + len(queue[0][1])
+                if done < size:
+                    break
+                done -= size
+                queue.popleft()
+            attacher.head_sent = done
+            if sent < offered:
+                break  # the socket is full; wait until it is writable
+        if queue:
+            self.loop.add_writer(attacher.fd, lambda: self._flush(attacher))
+        else:
+            self.loop.remove_writer(attacher.fd)
+            if attacher.closing:
+                self._drop(attacher)
+
+    # -- connections ---------------------------------------------------------------
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._log(f"{self.app_name}: attach accept failed: {exc}")
+                return
+            sock.setblocking(False)
+            attacher = Attacher(sock)
+            self.attachers[attacher.fd] = attacher
+            self.sessions += 1
+            self.loop.add_reader(attacher.fd, functools.partial(self._receive, attacher))
+
+    def _stop_reading(self, attacher: Attacher) -> None:
+        self.loop.remove_reader(attacher.fd)
+
+    def _receive(self, attacher: Attacher) -> None:
+        try:
+            data = attacher.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._client_gone(attacher)
+            return
+        try:
+            frames = attacher.decoder.receive_data(data)
+        except proto.AttachProtocolError as exc:
+            self._finish(attacher, proto.encode(proto.ERROR, f"protocol error: {exc}".encode()))
+            return
+        for kind, payload in frames:
+            if attacher.closing:
+                return
+            try:
+                self._handle(attacher, kind, payload)
+            except proto.AttachProtocolError as exc:
+                self._finish(attacher, proto.encode(proto.ERROR, f"protocol error: {exc}".encode()))
+                return
+
+    def _handle(self, attacher: Attacher, kind: int, payload: bytes) -> None:
+        if not attacher.greeted:
+            if kind != proto.HELLO:
+                raise proto.AttachProtocolError("the first frame must be HELLO")
+            self._hello(attacher, proto.decode_json(payload))
+            return
+        if kind == proto.STDIN:
+            if attacher.took_stdin and not self.stdin_closing:
+                self._queue_stdin(attacher, payload)
+        elif kind == proto.RESIZE:
+            rows, cols = proto.decode_resize(payload)
+            self._resize(rows, cols)
+        elif kind == proto.STDIN_CLOSE:
+            self._stdin_ended(attacher)
+        elif kind == proto.HELLO:
+            raise proto.AttachProtocolError("HELLO sent twice")
+
+    def _hello(self, attacher: Attacher, options: dict[str, Any]) -> None:
+        attacher.greeted = True
+        wants = set()
+        if options.get("stdout", True):
+            wants.add(proto.STDOUT)
+        if options.get("stderr", True):
+            wants.add(proto.STDERR)
+        attacher.wants = frozenset(wants)
+        attacher.took_stdin = bool(options.get("stdin", True)) and self.stdin_fd >= 0
+        ready = {
+            "tty": self.tty,
+            "stdin": attacher.took_stdin and not self.stdin_closing,
+            "state": self.state,
+        }
+        self._enqueue(attacher, proto.encode_json(proto.READY, ready), b"")
+        if attacher.closed:
+            return
+        if options.get("replay"):
+            for kind, data in list(self.ring):
+                if kind in attacher.wants:
+                    self._enqueue(attacher, proto.header(kind, len(data)), data)
+                    if attacher.closing:
+                        return
+        if self.exit_body is not None:
+            self._finish(attacher, proto.encode_json(proto.EXIT, self.exit_body))
+
+    def _client_gone(self, attacher: Attacher) -> None:
+        self._stdin_ended(attacher)
+        self._drop(attacher)
+
+    def _drop(self, attacher: Attacher) -> None:
+        if attacher.closed:
+            return
+        attacher.closed = True
+        if attacher.grace is not None:
+            attacher.grace.cancel()
+        self.attachers.pop(attacher.fd, None)
+        self.loop.forget(attacher.fd)
+        attacher.sock.close()
+        attacher.queue.clear()
+        attacher.queued = 0
+
+    # -- stdin -------------------------------------------------------------------------
+
+    def _queue_stdin(self, attacher: Attacher, data: bytes) -> None:
+        if not data or self.stdin_fd < 0:
+            return
+        self.stdin_bytes += len(data)
+        self.stdin_queue.append(data)
+        self.stdin_queued += len(data)
+        self._write_stdin()
+        if self.stdin_queued > STDIN_QUEUE_LIMIT and attacher.fd in self.attachers:
+            # The app is not reading: stop taking input rather than drop it.
+            attacher.paused = True
+            self.loop.remove_reader(attacher.fd)
+
+    def _write_stdin(self) -> None:
+        queue = self.stdin_queue
+        while queue and self.stdin_fd >= 0:
+            piece = queue[0]
+            try:
+                written = os.write(self.stdin_fd, memoryview(piece)[self.stdin_head_sent :])
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                # EPIPE / EIO: the app closed its stdin or is gone.
+                if exc.errno not in (errno.EPIPE, errno.EIO):
+                    self._log(f"{self.app_name}: stdin write failed: {exc}")
+                queue.clear()
+                self.stdin_queued = 0
+                self.stdin_head_sent = 0
+                break
+            self.stdin_head_sent += written
+            self.stdin_queued -= written
+            if self.stdin_head_sent == len(piece):
+                queue.popleft()
+                self.stdin_head_sent = 0
+        if self.stdin_fd < 0:
+            return
+        if queue:
+            self.loop.add_writer(self.stdin_fd, self._write_stdin)
+        else:
+            self.loop.remove_writer(self.stdin_fd)
+            if self.stdin_closing:
+                self._close_app_stdin()
+        if self.stdin_queued <= STDIN_QUEUE_LIMIT // 2:
+            for attacher in self.attachers.values():
+                if attacher.paused and not attacher.closing:
+                    attacher.paused = False
+                    self.loop.add_reader(attacher.fd, functools.partial(self._receive, attacher))
+
+    def _stdin_ended(self, attacher: Attacher) -> None:
+        if not (attacher.took_stdin and self.stdin_once) or self.stdin_closing:
+            return
+        self.stdin_closing = True
+        if not self.stdin_queue:
+            self._close_app_stdin()
+
+    def _close_app_stdin(self) -> None:
+        if self.stdin_fd < 0:
+            return
+        if self.tty:
+            # The pty master is the app's terminal: closing it would hang the
+            # app up.  End-of-file on a terminal is the EOF character.
+            try:
+                os.write(self.stdin_fd, TTY_EOF)
+            except OSError:
+                pass
+            self.loop.remove_writer(self.stdin_fd)
+            self.stdin_fd = -1
+            return
+        fd, self.stdin_fd = self.stdin_fd, -1
+        self.loop.remove_writer(fd)
+        # The owner holds the pipe too; it closes it and forgets it.
+        self._on_stdin_closed(fd)
+
+    # -- resize --------------------------------------------------------------------------
+
+    def _resize(self, rows: int, cols: int) -> None:
+        if not self.tty or self.resize_fd < 0:
+            return
+        try:
+            fcntl.ioctl(self.resize_fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        except OSError as exc:
+            self._log(f"{self.app_name}: resize failed: {exc}")
