@@ -48,6 +48,7 @@ from iottymux.control import ControlCodec, ControlError, invalid
 from iottymux.logformat import DEFAULT_MAX_LINE_SIZE, STDERR, STDOUT
 from iottymux.logwriter import AppLog
 from iottymux.loop import Loop
+from iottymux.oci import OciSpec, receive_console
 from iottymux.spawn import SpawnError, Stdio, make_pipe, make_pty, spawn
 from iottymux.unixsock import listen_unix
 
@@ -129,6 +130,13 @@ class App:
         self.attach_queue_size: int = spec.get("attach_queue_size", DEFAULT_QUEUE_SIZE)
         self.ring_size: int = spec.get("ring_size", DEFAULT_RING_SIZE)
         self.attach: AttachEndpoint | None = None
+        #: Set for an OCI container: the runtime creates and starts the process.
+        self.oci: OciSpec | None = spec.get("oci")
+        #: For an OCI tty container: where the runtime sends the pty master.
+        self.console: socket.socket | None = None
+        self.console_path = ""
+        #: A request answered when the runtime's create/start/delete ends.
+        self.pending: tuple[ControlConnection, Any] | None = None
         self.state = "created"
         self.pid = 0
         self.created_at = time.time_ns()
@@ -157,6 +165,10 @@ class App:
             logs = any(self.modes[s] in ("log", "stream", "tty") for s in ("stdout", "stderr"))
             if logs and self.log_path:
                 self.log = AppLog(self.log_path, self.max_line_size, tty=self.tty)
+            if self.tty and self.oci is not None:
+                # The runtime makes the pty; its master arrives on this socket.
+                self.console = listen_unix(self.console_path, mode=0o600)
+                return
             if self.tty:
                 master, slave = make_pty()
                 self._child_fds.append(slave)
@@ -199,6 +211,25 @@ class App:
         self._child_fds.clear()
         self.child_stdio = Stdio()
 
+    def adopt_console(self, master: int) -> None:
+        """The OCI runtime sent the container's pty master."""
+        self.pty_master = master
+        self.outputs.append(Output(master, STDOUT, self.log is not None, True))
+        if self.modes["stdin"] == "tty":
+            self.stdin_fd = master
+        if self.attach is not None:
+            self.attach.resize_fd = master
+            self.attach.stdin_fd = self.stdin_fd
+
+    def close_console(self) -> None:
+        if self.console is not None:
+            self.console.close()
+            self.console = None
+            try:
+                os.unlink(self.console_path)
+            except FileNotFoundError:
+                pass
+
     def stdin_closed(self, fd: int) -> None:
         """The attach endpoint ended the app's stdin (StdinOnce)."""
         if fd == self.stdin_fd:
@@ -207,6 +238,7 @@ class App:
             os.close(fd)
 
     def close_stdio(self) -> None:
+        self.close_console()
         if self.attach is not None:
             self.attach.close()
             self.attach = None
@@ -250,6 +282,8 @@ class App:
             result["log"] = self.log.stats_dict()
         if self.attach is not None:
             result["attach"] = self.attach.status()
+        if self.oci is not None:
+            result["oci"] = self.oci.as_dict()
         return result
 
     def exit_event(self) -> dict[str, Any]:
@@ -294,6 +328,9 @@ class Monitor:
         self.started_at = time.time_ns()
         self.apps: dict[str, App] = {}
         self._by_pid: dict[int, App] = {}
+        #: Runtime processes (create, start, delete) and what to do when they end.
+        self._helpers: dict[int, Callable[[int], None]] = {}
+        self._console_seq = 0
         self._conns: dict[int, ControlConnection] = {}
         self.loop = Loop()
         self._log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -387,6 +424,10 @@ class Monitor:
                 return
             if pid == 0:
                 return
+            helper = self._helpers.pop(pid, None)
+            if helper is not None:
+                helper(status)
+                continue
             app = self._by_pid.pop(pid, None)
             if app is not None:
                 self._app_exited(app, status)
@@ -585,13 +626,19 @@ class Monitor:
     def _op_ping(self, conn: ControlConnection, rid: Any, msg: dict[str, Any]) -> dict[str, Any]:
         return {"pid": os.getpid(), "version": control.PROTOCOL_VERSION}
 
-    def _op_add(self, conn: ControlConnection, rid: Any, msg: dict[str, Any]) -> dict[str, Any]:
+    def _op_add(
+        self, conn: ControlConnection, rid: Any, msg: dict[str, Any]
+    ) -> dict[str, Any] | None:
         if self._stopping:
             raise ControlError("FailedPrecondition", "monitor is shutting down")
         name, spec = validate_add(msg)
         if name in self.apps:
             raise ControlError("AlreadyExists", f"app {name!r} already exists")
         app = App(name, spec)
+        if app.oci is not None and app.tty:
+            # Short, because the runtime dials it by path (sun_path limit).
+            self._console_seq += 1
+            app.console_path = os.path.join(self.run_dir, f"cs{self._console_seq}")
         try:
             app.open_stdio()
         except OSError as exc:
@@ -620,13 +667,128 @@ class Monitor:
             raise ControlError("Internal", f"cannot create the attach endpoint: {exc}") from None
         self.apps[name] = app
         self._watch_outputs(app)
+        if app.oci is not None:
+            self._oci_create(conn, rid, app)
+            return None
         self._write_state()
         return {"app": name}
 
-    def _op_start(self, conn: ControlConnection, rid: Any, msg: dict[str, Any]) -> dict[str, Any]:
+    # -- OCI containers --------------------------------------------------------
+
+    def _run_helper(self, argv: list[str], stdio: Stdio, done: Callable[[int], None]) -> None:
+        pid = spawn(argv, stdio)
+        self._helpers[pid] = done
+
+    def _oci_create(self, conn: ControlConnection, rid: Any, app: App) -> None:
+        assert app.oci is not None
+        app.state = "creating"
+        log_mark = app.oci.log_size()
+        try:
+            argv = app.oci.create_argv(app.console_path if app.tty else None)
+            self._run_helper(
+                argv, app.child_stdio, lambda status: self._oci_created(app, status, log_mark)
+            )
+        except SpawnError as exc:
+            self._forget_app(app)
+            raise ControlError("FailedPrecondition", f"oci.runtime: {exc.strerror}") from None
+        app.pending = (conn, rid)
+        return None
+
+    def _oci_created(self, app: App, status: int, log_mark: int) -> None:
+        assert app.oci is not None
+        pending, app.pending = app.pending, None
+        master = None
+        if app.console is not None:
+            master = receive_console(app.console)
+            app.close_console()
+        if status != 0 or (app.tty and master is None):
+            reason = (
+                app.oci.last_error(log_mark) or f"{app.oci.runtime} create exited with {status}"
+            )
+            if master is not None:
+                os.close(master)
+            self._forget_app(app)
+            if pending is not None:
+                self._reply(
+                    pending[0],
+                    pending[1],
+                    {
+                        "ok": False,
+                        "error": {
+                            "code": "Internal",
+                            "message": f"cannot create container: {reason}",
+                        },
+                    },
+                )
+            return
+        try:
+            app.pid = app.oci.read_pid()
+        except (OSError, ValueError) as exc:
+            app.pid = 0
+            self._log(f"{app.name}: no pid file from the runtime: {exc}")
+        if master is not None:
+            app.adopt_console(master)
+            self.loop.add_reader(master, functools.partial(self._read_once, app, app.outputs[-1]))
+        app.close_child_ends()
+        if app.pid:
+            self._by_pid[app.pid] = app
+        app.state = "created"
+        self._write_state()
+        if pending is not None:
+            self._reply(pending[0], pending[1], {"ok": True, "app": app.name, "pid": app.pid})
+
+    def _oci_start(self, conn: ControlConnection, rid: Any, app: App) -> None:
+        assert app.oci is not None
+        log_mark = app.oci.log_size()
+        app.started_at = time.time_ns()
+        app.state = "running"
+        if app.attach is not None:
+            app.attach.app_started()
+
+        def started(status: int) -> None:
+            pending, app.pending = app.pending, None
+            if status != 0:
+                assert app.oci is not None
+                reason = app.oci.last_error(log_mark) or f"start exited with {status}"
+                if pending is not None:
+                    self._reply(
+                        pending[0],
+                        pending[1],
+                        {
+                            "ok": False,
+                            "error": {
+                                "code": "Internal",
+                                "message": f"cannot start container: {reason}",
+                            },
+                        },
+                    )
+                return
+            self._write_state()
+            if pending is not None:
+                self._reply(pending[0], pending[1], {"ok": True, "pid": app.pid})
+
+        app.pending = (conn, rid)
+        self._run_helper(app.oci.start_argv(), Stdio(), started)
+
+    def _forget_app(self, app: App) -> None:
+        """Undo an app whose creation failed: nothing of it is left."""
+        self._unwatch_outputs(app)
+        app.close_stdio()
+        self.apps.pop(app.name, None)
+        self._write_state()
+
+    def _op_start(
+        self, conn: ControlConnection, rid: Any, msg: dict[str, Any]
+    ) -> dict[str, Any] | None:
         app = self._app(msg)
         if app.state != "created":
             raise ControlError("FailedPrecondition", f"app {app.name!r} is {app.state}")
+        if app.oci is not None:
+            try:
+                self._oci_start(conn, rid, app)
+                return None
+            except SpawnError as exc:
+                raise ControlError("FailedPrecondition", f"oci.runtime: {exc.strerror}") from None
         env = None
         if app.env is not None:
             env = dict(item.split("=", 1) for item in app.env)
@@ -700,15 +862,51 @@ class Monitor:
             return None
         return app.status()
 
-    def _op_remove(self, conn: ControlConnection, rid: Any, msg: dict[str, Any]) -> dict[str, Any]:
+    def _op_remove(
+        self, conn: ControlConnection, rid: Any, msg: dict[str, Any]
+    ) -> dict[str, Any] | None:
         app = self._app(msg)
-        if app.state == "running":
-            raise ControlError("FailedPrecondition", f"app {app.name!r} is running; stop it first")
-        self._unwatch_outputs(app)
-        app.close_stdio()
-        del self.apps[app.name]
-        self._write_state()
+        if app.state in ("running", "creating"):
+            raise ControlError(
+                "FailedPrecondition", f"app {app.name!r} is {app.state}; stop it first"
+            )
+        if app.pending is not None:
+            raise ControlError("FailedPrecondition", f"app {app.name!r} is busy")
+        if app.oci is not None:
+            self._oci_remove(conn, rid, app)
+            return None
+        self._forget_app(app)
         return {}
+
+    def _oci_remove(self, conn: ControlConnection, rid: Any, app: App) -> None:
+        assert app.oci is not None
+        log_mark = app.oci.log_size()
+
+        def deleted(status: int) -> None:
+            pending, app.pending = app.pending, None
+            if status != 0:
+                assert app.oci is not None
+                reason = app.oci.last_error(log_mark) or f"delete exited with {status}"
+                if pending is not None:
+                    self._reply(
+                        pending[0],
+                        pending[1],
+                        {
+                            "ok": False,
+                            "error": {
+                                "code": "Internal",
+                                "message": f"cannot delete container: {reason}",
+                            },
+                        },
+                    )
+                return
+            self._by_pid.pop(app.pid, None)
+            self._forget_app(app)
+            if pending is not None:
+                self._reply(pending[0], pending[1], {"ok": True})
+
+        app.pending = (conn, rid)
+        self._run_helper(app.oci.delete_argv(), Stdio(), deleted)
 
     def _op_subscribe(
         self, conn: ControlConnection, rid: Any, msg: dict[str, Any]
@@ -815,7 +1013,12 @@ def validate_add(msg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     name = msg.get("app")
     if not isinstance(name, str) or not valid_app_name(name):
         raise invalid(f"app: {name!r} is not a valid app name ([a-z0-9][a-z0-9._-]*, <= 63)")
+    oci = None
+    if msg.get("oci") is not None:
+        oci = OciSpec.from_request(msg["oci"])
     command = msg.get("command")
+    if oci is not None and command is None:
+        command = ["(oci)"]  # the process comes from the bundle's config.json
     if (
         not isinstance(command, list)
         or not command
@@ -825,7 +1028,7 @@ def validate_add(msg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         raise invalid("command: must be a non-empty list of strings")
     if any("\0" in a for a in command):
         raise invalid("command: arguments may not contain NUL")
-    spec: dict[str, Any] = {"command": command}
+    spec: dict[str, Any] = {"command": command, "oci": oci}
     env = msg.get("env")
     if env is not None:
         if not isinstance(env, list) or not all(
