@@ -9,8 +9,13 @@ dev=0
 [[ "${1:-}" == "--dev" ]] && dev=1
 
 # Runtime packages; the test-only ones follow.
-packages=(python3 python3-venv python3-dev gcc util-linux procps iproute2 e2fsprogs)
+packages=(python3 python3-venv python3-dev gcc util-linux procps iproute2 e2fsprogs
+          runc crun containernetworking-plugins catatonit iptables busybox-static)
+# Only the tests need these: a real local OCI registry and its htpasswd tool.
 test_packages=()
+if ((dev)); then
+    test_packages=(docker-registry apache2-utils openssl)
+fi
 
 missing=()
 for p in "${packages[@]}" ${test_packages[@]+"${test_packages[@]}"}; do

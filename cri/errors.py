@@ -1,0 +1,122 @@
+"""Domain errors of the CRI service and their one mapping onto gRPC status codes.
+
+Handlers and the code below them raise only these classes (or let an unexpected
+exception escape, which becomes UNKNOWN); the conversion to a gRPC status happens
+at one boundary, :func:`to_grpc_status`, in the spirit of containerd's
+``errgrpc.ToGRPC``.  Messages name the offending field (``image.image: ...``) so
+that a kubelet or crictl user can tell what to fix.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar, TypeVar
+
+import grpc
+
+__all__ = [
+    "AlreadyExists",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "NotFound",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "RktletError",
+    "Unavailable",
+    "Unimplemented",
+    "grpc_errors",
+    "to_grpc_status",
+]
+
+
+class RktletError(Exception):
+    """Base of all domain errors; not raised directly (it has no meaningful code)."""
+
+    grpc_code: ClassVar[grpc.StatusCode] = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, message: str) -> None:
+        if type(self) is RktletError:
+            raise TypeError("raise a subclass of RktletError, not RktletError itself")
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class NotFound(RktletError):
+    grpc_code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(RktletError):
+    grpc_code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class InvalidArgument(RktletError):
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class FailedPrecondition(RktletError):
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unavailable(RktletError):
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+
+
+class Unimplemented(RktletError):
+    grpc_code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class PermissionDenied(RktletError):
+    """Credentials missing or refused (a registry's 401/403)."""
+
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class ResourceExhausted(RktletError):
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def to_grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """Map any exception to the (code, message) pair a gRPC handler should abort with.
+
+    Domain errors keep their own code and message.  Anything else is a bug or an
+    unforeseen condition: it becomes UNKNOWN, with the exception type in the message
+    so that the report is useful without exposing a traceback to the client.
+    """
+    if isinstance(exc, RktletError):
+        return exc.grpc_code, exc.message
+    if isinstance(exc, NotImplementedError):
+        return grpc.StatusCode.UNIMPLEMENTED, str(exc) or "not implemented"
+    return grpc.StatusCode.UNKNOWN, f"{type(exc).__name__}: {exc}"
+
+
+_Servicer = TypeVar("_Servicer")
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+
+
+def grpc_errors(
+    method: Callable[[_Servicer, _Request, Any], Awaitable[_Response]],
+) -> Callable[[_Servicer, _Request, Any], Awaitable[_Response]]:
+    """Decorate an async grpc.aio handler so that domain errors abort the call properly.
+
+    ``context.abort`` raises to end the RPC, so the wrapper never returns normally
+    after an error.
+    """
+
+    @functools.wraps(method)
+    async def wrapper(self: _Servicer, request: _Request, context: Any) -> _Response:
+        try:
+            return await method(self, request, context)
+        except Exception as exc:
+            # grpc.aio signals an abort with its own exception: let it through untouched.
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
+            code, message = to_grpc_status(exc)
+            await context.abort(code, message)
+            raise AssertionError("context.abort returned") from exc
+
+    return wrapper
