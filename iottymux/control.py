@@ -16,12 +16,18 @@ line; each gets exactly one response line carrying the same ``id``::
 Operations (fields beyond ``id`` and ``op``):
 
 ``add``
-    ``app`` (name, ``[a-z0-9][a-z0-9._-]*``, at most 63 bytes), ``command``
+    ``app`` (name, ``[a-z0-9][a-z0-9._-]*``, at most 128 bytes), ``command``
     (non-empty list of strings), ``env`` (list of ``"K=V"``), ``cwd``,
     ``stdin`` (``null|stream|tty``), ``stdout``/``stderr``
     (``null|log|stream|tty``), ``log_path`` (absolute; required when a stream
-    logs), ``max_line_size`` (bytes, default 16384).  Creates the app's stdio and
-    its log file; the app does not run yet.
+    logs), ``max_line_size`` (bytes, default 16384), ``stdin_once`` (bool),
+    ``attach_queue_size`` and ``ring_size`` (bytes; see :mod:`iottymux.attach`).
+    Creates the app's stdio, its log file and its attach endpoint; the app does
+    not run yet.  With ``oci`` (``runtime``, ``root``, ``bundle``, ``id``,
+    optional ``log``) the app is an OCI container: ``command`` may be left out,
+    the runtime's ``create`` runs now and the answer (with the container's
+    ``pid``) comes when it has finished; ``start`` and ``remove`` then run the
+    runtime's ``start`` and ``delete --force`` (see :mod:`iottymux.oci`).
 ``start``
     ``app``.  Runs it; answers with ``pid``.
 ``signal``

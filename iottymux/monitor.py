@@ -78,10 +78,10 @@ _NAME_REST = _NAME_FIRST | frozenset("._-")
 
 
 def valid_app_name(name: object) -> bool:
-    """``[a-z0-9][a-z0-9._-]{0,62}`` (without importing ``re`` at start-up)."""
+    """``[a-z0-9][a-z0-9._-]{0,127}`` (without importing ``re`` at start-up)."""
     return (
         isinstance(name, str)
-        and 0 < len(name) <= 63
+        and 0 < len(name) <= 128
         and name[0] in _NAME_FIRST
         and all(c in _NAME_REST for c in name)
     )
@@ -1012,7 +1012,7 @@ def validate_add(msg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """Check an ``add`` request; every error names its field."""
     name = msg.get("app")
     if not isinstance(name, str) or not valid_app_name(name):
-        raise invalid(f"app: {name!r} is not a valid app name ([a-z0-9][a-z0-9._-]*, <= 63)")
+        raise invalid(f"app: {name!r} is not a valid app name ([a-z0-9][a-z0-9._-]*, <= 128)")
     oci = None
     if msg.get("oci") is not None:
         oci = OciSpec.from_request(msg["oci"])

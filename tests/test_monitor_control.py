@@ -74,7 +74,7 @@ def test_control_socket_is_private(monitor: MonitorHandle) -> None:
     ("fields", "code", "field"),
     [
         ({"app": "Bad Name", "command": ["true"]}, "InvalidArgument", "app:"),
-        ({"app": "a" * 64, "command": ["true"]}, "InvalidArgument", "app:"),
+        ({"app": "a" * 129, "command": ["true"]}, "InvalidArgument", "app:"),
         ({"app": "ok", "command": []}, "InvalidArgument", "command:"),
         ({"app": "ok", "command": "true"}, "InvalidArgument", "command:"),
         ({"app": "ok", "command": ["true"], "env": ["NOEQUALS"]}, "InvalidArgument", "env:"),

@@ -1,0 +1,1725 @@
+"""Reading CRI log files: tail, since/until, rotated sets, per-stream partials, follow.
+
+Theory of operation
+===================
+
+A container's log is a *set of segments* in one directory: the live file the runtime
+appends to (``0.log``; ``1.log`` after a restart, …) and the files the kubelet rotated
+away from it (``0.log.20240102-150405``, later gzipped to ``….gz``).  Segments sort by
+``(restart, rotated-before-live, suffix)``; :func:`list_segments` finds them and
+:class:`LogSource` picks the ones a read wants.
+
+Records are decoded in whole blocks (:class:`LineDecoder`) and glued into *logical lines*
+by :class:`PartialMerger`, one buffer per stream, so a stdout ``P`` never joins a stderr
+``F``.  A logical line takes the timestamp of the record that finished it: lines then
+come out of a file in time order, which is what ``--since``/``--until``, the merge of
+several containers and the ``--timestamps`` column all rely on.
+
+Nothing scans a file to find where to start:
+
+* ``--tail N`` reads backwards from the end in blocks (:func:`_lines_backward`),
+  counting logical lines, until it has N and has also reached the first piece of
+  each of those lines; decoding then runs forward from that offset only.
+* ``--since``/``--until`` binary-search the timestamps of a plain segment
+  (:func:`_bisect`), then step back over the pieces of a line that began before the
+  boundary.  Gzipped segments cannot be searched: whole segments are skipped by the
+  first timestamp of the next one, and the rest is filtered line by line.
+
+:class:`ReadStats` counts every byte read so callers (and tests) can check that.
+
+Following (:class:`FollowGroup`) watches the *directory* with inotify, plus the inode
+of the file being read.  Rotation the kubelet's way is a rename, a reopen that
+creates a new live file, a last flush of the runtime into the old file, and later a
+gzip of the old file.  The follower keeps reading the renamed file (its descriptor
+follows the inode) until :class:`RotationTracker` says its writer is done with it,
+then continues with the next segment by name, reading a ``.gz`` copy when it fell so
+far behind that the plain file is gone.  That state machine takes observations
+(directory listings, writer close/write events, the clock) and returns decisions,
+so it is tested without any files.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import gzip
+import heapq
+import os
+import re
+import select
+import stat
+import struct
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import IO, Final
+
+from iottymux.logformat import (
+    STREAMS,
+    TIMESTAMP_WIDTH,
+    LogFormatError,
+    LogRecord,
+    TimestampParser,
+    format_timestamp,
+    parse_record,
+    parse_timestamp,
+)
+
+__all__ = [
+    "Block",
+    "FollowGroup",
+    "Inotify",
+    "InotifyEvent",
+    "LineDecoder",
+    "LogLine",
+    "LogReadError",
+    "LogSource",
+    "MalformedLine",
+    "PartialMerger",
+    "ReadOptions",
+    "ReadStats",
+    "RotationTracker",
+    "Segment",
+    "SourceInfo",
+    "SourceReader",
+    "classify_segment",
+    "fixed_timestamp",
+    "list_segments",
+    "merge_lines",
+    "parse_time_arg",
+    "read_lines",
+    "read_log_file",
+]
+
+#: Forward reads: large enough that per-block Python overhead vanishes.
+FORWARD_BLOCK: Final = 1 << 20
+#: Backward reads for ``--tail``: a few hundred typical lines per block.
+BACKWARD_BLOCK: Final = 64 << 10
+#: Below this many bytes, a binary search finishes with a linear scan.
+_BISECT_LINEAR: Final = 64 << 10
+#: How far back ``--since`` looks for a stream whose line may have started before the
+#: boundary, when no piece of that stream was seen yet.
+SINCE_LOOKBACK: Final = 1 << 20
+#: A stream's unfinished line is emitted (incomplete) once its pieces exceed this.
+MAX_PENDING: Final = 8 << 20
+#: How long a rotated file must stay quiet before the follower leaves it without
+#: having seen its writer close it.
+ROTATION_GRACE_NS: Final = 1_000_000_000
+#: The follower re-checks the directory this often even without events (the
+#: kubelet's logForceCheckPeriod).
+FOLLOW_TICK_NS: Final = 1_000_000_000
+
+
+class LogReadError(Exception):
+    """A log source cannot be read at all (missing, unreadable, not a log)."""
+
+
+@dataclass(slots=True)
+class ReadStats:
+    """What a reader cost: bytes and read calls on log files, files opened."""
+
+    bytes_read: int = 0
+    reads: int = 0
+    files_opened: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MalformedLine:
+    """A line that is not a CRI record (or a segment that could not be decoded)."""
+
+    path: str
+    lineno: int | None
+    reason: str
+
+    def __str__(self) -> str:
+        where = self.path if self.lineno is None else f"{self.path}:{self.lineno}"
+        return f"{where}: {self.reason}"
+
+
+ErrorHandler = Callable[[MalformedLine], None]
+
+
+def _ignore(_issue: MalformedLine) -> None:
+    pass
+
+
+# ---------------------------------------------------------------------------
+# Time arguments
+
+_DURATION_RE: Final = re.compile(r"(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|ms|s|m|h|d))+")
+_DURATION_PART_RE: Final = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h|d)")
+_UNIT_NS: Final = {
+    "ns": 1,
+    "us": 1_000,
+    "µs": 1_000,
+    "ms": 1_000_000,
+    "s": 1_000_000_000,
+    "m": 60_000_000_000,
+    "h": 3_600_000_000_000,
+    "d": 86_400_000_000_000,
+}
+
+
+def parse_time_arg(text: str, now_ns: int | None = None) -> int:
+    """Epoch nanoseconds for a duration before now (``90s``, ``1h30m``) or an RFC 3339 time.
+
+    Raises :class:`ValueError` for anything else.
+    """
+    value = text.strip()
+    if _DURATION_RE.fullmatch(value):
+        total = 0.0
+        for number, unit in _DURATION_PART_RE.findall(value):
+            total += float(number) * _UNIT_NS[unit]
+        now = time.time_ns() if now_ns is None else now_ns
+        return now - int(total)
+    try:
+        return parse_timestamp(value.encode("ascii"))
+    except (LogFormatError, UnicodeEncodeError):
+        raise ValueError(f"not a duration or an RFC 3339 time: {text!r}") from None
+
+
+def fixed_timestamp(raw: bytes) -> bytes:
+    """``raw`` as fixed-width RFC 3339 UTC (our writer's form), or unchanged if unparsable."""
+    if len(raw) == TIMESTAMP_WIDTH and raw.endswith(b"Z"):
+        return raw
+    try:
+        return format_timestamp(parse_timestamp(raw))
+    except LogFormatError:
+        return raw
+
+
+# ---------------------------------------------------------------------------
+# Segments: the files of one container's log
+
+#: ``(restart, 1 if live else 0, -n for logrotate's .n, kubelet suffix)``
+SegmentKey = tuple[int, int, int, str]
+_RESTART_LOG: Final = re.compile(r"(\d+)\.log(?:\.(.+))?")
+_STATIC_NAME: Final = re.compile(r".*(?:\.gz|\.log\.[^/]+)")
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One file of a log set: the live file, a rotated file, or a gzipped one."""
+
+    path: str
+    key: SegmentKey
+    compressed: bool
+    ino: int = 0
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+    @property
+    def live(self) -> bool:
+        return self.key[1] == 1
+
+    @property
+    def restart(self) -> int:
+        return self.key[0]
+
+
+def classify_segment(name: str, base: str | None) -> tuple[SegmentKey, bool] | None:
+    """Sort key and compression of a file name in a log directory, or None if foreign.
+
+    With ``base`` (a live file's name) only ``base`` and ``base.<suffix>[.gz]`` belong;
+    without, the kubelet's ``<restart>.log[.<suffix>][.gz]``.  ``.tmp`` files are the
+    kubelet's half-written compressions and never belong.
+    """
+    if name.endswith(".tmp"):
+        return None
+    compressed = name.endswith(".gz")
+    stem = name[:-3] if compressed else name
+    suffix: str | None
+    if base is None:
+        match = _RESTART_LOG.fullmatch(stem)
+        if match is None:
+            return None
+        restart, suffix = int(match.group(1)), match.group(2)
+    else:
+        restart = 0
+        if stem == base:
+            suffix = None
+        elif stem.startswith(base + "."):
+            suffix = stem[len(base) + 1 :]
+        else:
+            return None
+    if suffix is None:
+        if compressed:
+            return (restart, 0, 0, ""), True
+        return (restart, 1, 0, ""), False
+    if suffix.isdigit():
+        # logrotate numbers its copies upwards with age.
+        return (restart, 0, -int(suffix), ""), compressed
+    return (restart, 0, 0, suffix), compressed
+
+
+def list_segments(directory: str, base: str | None) -> list[Segment]:
+    """The log set in ``directory``, oldest first; a plain file wins over its ``.gz`` twin."""
+    found: dict[SegmentKey, Segment] = {}
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        kind = classify_segment(entry.name, base)
+        if kind is None:
+            continue
+        try:
+            st = entry.stat()
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        key, compressed = kind
+        # The kubelet deletes the plain file only after its .gz is complete, so while
+        # both exist they hold the same records; the plain one can be searched.
+        if key in found and not found[key].compressed:
+            continue
+        found[key] = Segment(entry.path, key, compressed, 0 if compressed else st.st_ino)
+    return [found[key] for key in sorted(found)]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceInfo:
+    """Who wrote a log, as far as its path tells (kubelet layout), and its display label."""
+
+    label: str
+    namespace: str | None = None
+    pod: str | None = None
+    uid: str | None = None
+    container: str | None = None
+
+    @classmethod
+    def for_container_dir(cls, directory: str) -> SourceInfo:
+        directory = os.path.normpath(directory)
+        container = os.path.basename(directory)
+        pod_dir = os.path.basename(os.path.dirname(directory))
+        parts = pod_dir.split("_")
+        if len(parts) == 3 and all(parts):
+            namespace, pod, uid = parts
+            return cls(f"{pod}/{container}", namespace, pod, uid, container)
+        return cls(container, container=container)
+
+
+@dataclass(frozen=True, slots=True)
+class LogSource:
+    """One container's log.
+
+    ``base`` names the live file of a single-file set; ``None`` means a kubelet
+    container directory of ``<restart>.log`` files.  A ``static`` source is one file
+    read as it is (a rotated or gzipped file named directly).
+    """
+
+    info: SourceInfo
+    directory: str
+    base: str | None
+    static: bool = False
+
+    @classmethod
+    def for_file(cls, path: str, info: SourceInfo | None = None) -> LogSource:
+        real = os.path.realpath(path)
+        directory, name = os.path.split(real)
+        if info is None:
+            if _RESTART_LOG.fullmatch(name):
+                info = SourceInfo.for_container_dir(directory)
+            else:
+                info = SourceInfo(name)
+        return cls(info, directory, name, static=bool(_STATIC_NAME.fullmatch(name)))
+
+    @classmethod
+    def for_container_dir(cls, path: str, info: SourceInfo | None = None) -> LogSource:
+        real = os.path.realpath(path)
+        return cls(info or SourceInfo.for_container_dir(real), real, None)
+
+    def listing(self) -> list[Segment]:
+        """Every segment of the set now, oldest first."""
+        if self.static:
+            assert self.base is not None
+            path = os.path.join(self.directory, self.base)
+            try:
+                ino = os.stat(path).st_ino
+            except FileNotFoundError:
+                return []
+            compressed = self.base.endswith(".gz")
+            return [Segment(path, (0, 1, 0, ""), compressed, 0 if compressed else ino)]
+        return list_segments(self.directory, self.base)
+
+    def segments(self, all_rotated: bool = False) -> list[Segment]:
+        """The segments a read covers: the newest restart's live file, or everything."""
+        segments = self.listing()
+        if all_rotated or not segments:
+            return segments
+        newest = segments[-1]
+        return [newest]
+
+
+# ---------------------------------------------------------------------------
+# Logical lines
+
+
+@dataclass(slots=True)
+class LogLine:
+    """One logical line: a whole ``F`` record, or ``P`` pieces glued to their ``F``.
+
+    ``timestamp`` is the finishing record's (raw, as in the file).  ``complete`` is
+    False for a line whose ``F`` never came (the stream ended on a ``P``).  ``ns`` is
+    the parsed timestamp when the decoder was asked to parse it, else -1.
+    """
+
+    timestamp: bytes
+    stream: bytes
+    content: bytes
+    complete: bool = True
+    source: SourceInfo | None = None
+    ns: int = -1
+
+    @property
+    def time_ns(self) -> int:
+        return self.ns if self.ns >= 0 else parse_timestamp(self.timestamp)
+
+
+class PartialMerger:
+    """Glues ``P`` pieces to their ``F``, one buffer per stream."""
+
+    __slots__ = ("_pending", "_sizes", "max_pending", "source")
+
+    def __init__(self, source: SourceInfo | None = None, max_pending: int = MAX_PENDING) -> None:
+        self._pending: dict[bytes, tuple[bytes, list[bytes]]] = {}
+        self._sizes: dict[bytes, int] = {}
+        self.max_pending = max_pending
+        self.source = source
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._pending)
+
+    def feed(self, record: LogRecord) -> LogLine | None:
+        """The finished line, or None while ``record`` is a piece of one."""
+        stream = record.stream
+        if record.partial:
+            entry = self._pending.get(stream)
+            if entry is None:
+                pieces = [record.content]
+                size = len(record.content)
+            else:
+                pieces = entry[1]
+                pieces.append(record.content)
+                size = self._sizes[stream] + len(record.content)
+            if size > self.max_pending:
+                # A writer that never ends its line must not exhaust our memory.
+                del self._pending[stream]
+                self._sizes.pop(stream, None)
+                return LogLine(record.timestamp, stream, b"".join(pieces), False, self.source)
+            self._pending[stream] = (record.timestamp, pieces)
+            self._sizes[stream] = size
+            return None
+        entry = self._pending.pop(stream, None)
+        if entry is None:
+            return LogLine(record.timestamp, stream, record.content, True, self.source)
+        del self._sizes[stream]
+        entry[1].append(record.content)
+        return LogLine(record.timestamp, stream, b"".join(entry[1]), True, self.source)
+
+    def flush(self) -> list[LogLine]:
+        """Unfinished lines as incomplete lines, oldest last piece first."""
+        lines = [
+            LogLine(timestamp, stream, b"".join(pieces), False, self.source)
+            for stream, (timestamp, pieces) in self._pending.items()
+        ]
+        self._pending.clear()
+        self._sizes.clear()
+        lines.sort(key=lambda line: line.timestamp)
+        return lines
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """Whole records read from one segment.
+
+    ``offset`` is where ``data`` starts (in the decompressed stream for ``.gz``);
+    ``lineno`` is the line number of its first line when known; ``count_lines``
+    counts the lines before an offset, for error messages only.  ``check_until``
+    asks the decoder to test each record against ``until`` (segments that could
+    not be binary-searched).  ``first_of_restart`` starts another container
+    instance's file, where no partial line can continue.
+    """
+
+    data: bytes
+    path: str
+    offset: int
+    lineno: int | None = None
+    count_lines: Callable[[int], int] | None = None
+    check_until: bool = False
+    first_of_restart: bool = False
+
+
+class LineDecoder:
+    """Blocks of records → logical lines, with stream, since and until filters.
+
+    Malformed lines go to ``on_error`` with their file and line number and are
+    skipped.  ``since_ns`` is tested per line only until one line passes (files are
+    in time order); ``until_ns`` only for blocks marked ``check_until``.  With
+    ``parse_times`` every line's timestamp is parsed (``LogLine.ns``), which merging
+    several sources needs; an unparsable one is then reported as malformed.
+    """
+
+    def __init__(
+        self,
+        *,
+        source: SourceInfo | None = None,
+        streams: Iterable[bytes] = STREAMS,
+        merge_partials: bool = True,
+        since_ns: int | None = None,
+        until_ns: int | None = None,
+        parse_times: bool = False,
+        on_error: ErrorHandler | None = None,
+    ) -> None:
+        self.source = source
+        self.streams = frozenset(streams)
+        self.merge_partials = merge_partials
+        self.since_ns = since_ns
+        self.until_ns = until_ns
+        self.parse_times = parse_times
+        self.on_error = on_error or _ignore
+        self.merger = PartialMerger(source)
+        self.done = False
+        self._times = TimestampParser()
+
+    @property
+    def idle(self) -> bool:
+        """No partial line held and no since filter pending: blocks may bypass decoding."""
+        return not self.merger.pending and self.since_ns is None and not self.done
+
+    def feed(self, block: Block) -> list[LogLine]:
+        out: list[LogLine] = []
+        if self.done:
+            return out
+        lines = block.data.split(b"\n")
+        if block.data.endswith(b"\n"):
+            lines.pop()
+        streams = self.streams
+        merger = self.merger if self.merge_partials else None
+        until = self.until_ns if block.check_until else None
+        want_time = self.parse_times or until is not None or self.since_ns is not None
+        source = self.source
+        for index, raw in enumerate(lines):
+            try:
+                record = parse_record(raw)
+                ns = self._times.parse(record.timestamp) if want_time else -1
+            except LogFormatError as exc:
+                self._malformed(block, lines, index, str(exc))
+                continue
+            if until is not None and ns > until:
+                self.done = True
+                break
+            if record.stream not in streams:
+                continue
+            if merger is not None:
+                line = merger.feed(record)
+                if line is None:
+                    continue
+            else:
+                line = LogLine(
+                    record.timestamp, record.stream, record.content, not record.partial, source
+                )
+            if want_time:
+                line.ns = ns
+            if self.since_ns is not None:
+                if ns < self.since_ns:
+                    continue
+                self.since_ns = None
+            out.append(line)
+        return out
+
+    def finish(self) -> list[LogLine]:
+        """End of input: unfinished lines come out incomplete (the kubelet emits them too)."""
+        lines = self.merger.flush()
+        if self.done:
+            return []
+        kept = []
+        for line in lines:
+            try:
+                line.ns = self._times.parse(line.timestamp)
+            except LogFormatError:
+                continue
+            if self.since_ns is not None and line.ns < self.since_ns:
+                continue
+            kept.append(line)
+        return kept
+
+    def _malformed(self, block: Block, lines: list[bytes], index: int, reason: str) -> None:
+        if block.lineno is not None:
+            lineno: int | None = block.lineno + index
+        elif block.count_lines is not None:
+            offset = block.offset + sum(len(line) + 1 for line in lines[:index])
+            lineno = block.count_lines(offset) + 1
+        else:
+            lineno = None
+        raw = lines[index]
+        shown = raw[:60] + (b"..." if len(raw) > 60 else b"")
+        self.on_error(MalformedLine(block.path, lineno, f"{reason}: {shown!r}, skipped"))
+
+
+# ---------------------------------------------------------------------------
+# File access
+
+
+class _PlainFile:
+    """A read-only descriptor whose reads are counted in a :class:`ReadStats`."""
+
+    __slots__ = ("dev", "fd", "ino", "path", "stats")
+
+    def __init__(self, path: str, stats: ReadStats) -> None:
+        self.path = path
+        self.stats = stats
+        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        st = os.fstat(self.fd)
+        self.ino = st.st_ino
+        self.dev = st.st_dev
+        stats.files_opened += 1
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def links(self) -> int:
+        return os.fstat(self.fd).st_nlink
+
+    def pread(self, size: int, offset: int) -> bytes:
+        data = os.pread(self.fd, size, offset)
+        self.stats.reads += 1
+        self.stats.bytes_read += len(data)
+        return data
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def count_lines(self, offset: int) -> int:
+        """Newlines before ``offset``; only for error messages, so its reads are not hidden."""
+        count = 0
+        pos = 0
+        while pos < offset:
+            data = self.pread(min(FORWARD_BLOCK, offset - pos), pos)
+            if not data:
+                break
+            count += data.count(b"\n")
+            pos += len(data)
+        return count
+
+
+class _CountingReader:
+    """The file object under :class:`gzip.GzipFile`, counting compressed bytes read."""
+
+    def __init__(self, raw: IO[bytes], stats: ReadStats) -> None:
+        self.raw = raw
+        self.stats = stats
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self.raw.read(size)
+        self.stats.reads += 1
+        self.stats.bytes_read += len(data)
+        return data
+
+    def seek(self, offset: int, /) -> int:
+        return self.raw.seek(offset)
+
+
+def _forward_blocks(
+    file: _PlainFile, start: int, end: int, block_size: int = 0
+) -> Iterator[tuple[int, bytes]]:
+    """``(offset, data)`` blocks of whole lines covering ``[start, end)``.
+
+    Unterminated bytes at ``end`` come last, alone (a torn final record).
+    """
+    block_size = block_size or FORWARD_BLOCK
+    pos = start
+    carry = b""
+    while pos < end:
+        data = file.pread(min(block_size, end - pos), pos)
+        if not data:
+            break
+        pos += len(data)
+        buf = carry + data if carry else data
+        cut = buf.rfind(b"\n") + 1
+        if cut == 0:
+            carry = buf
+            continue
+        yield pos - len(buf), buf[:cut]
+        carry = buf[cut:]
+    if carry:
+        yield pos - len(carry), carry
+
+
+def _gz_blocks(
+    path: str, stats: ReadStats, on_error: ErrorHandler, block_size: int = 0
+) -> Iterator[tuple[int, bytes]]:
+    """Decompressed blocks of whole lines of a gzipped segment."""
+    block_size = block_size or FORWARD_BLOCK
+    try:
+        raw = open(path, "rb")  # noqa: SIM115 - closed in finally, generator-scoped
+    except FileNotFoundError:
+        on_error(MalformedLine(path, None, "vanished before it could be read"))
+        return
+    stats.files_opened += 1
+    pos = 0
+    carry = b""
+    try:
+        with gzip.GzipFile(fileobj=_CountingReader(raw, stats), mode="rb") as gz:
+            while True:
+                try:
+                    data = gz.read(block_size)
+                except (OSError, EOFError, zlib.error) as exc:
+                    on_error(MalformedLine(path, None, f"corrupt gzip data ({exc}), rest skipped"))
+                    break
+                if not data:
+                    break
+                buf = carry + data if carry else data
+                cut = buf.rfind(b"\n") + 1
+                if cut:
+                    yield pos, buf[:cut]
+                    pos += cut
+                carry = buf[cut:]
+    finally:
+        raw.close()
+    if carry:
+        yield pos, carry
+
+
+def _lines_backward(
+    file: _PlainFile, lo: int, hi: int, block_size: int = 0
+) -> Iterator[tuple[int, bytes]]:
+    """``(offset, line)`` for the lines in ``[lo, hi)``, last first.
+
+    ``lo`` must be a line start.  Lines keep their ``\\n`` (the last may lack it).
+    """
+    block_size = block_size or BACKWARD_BLOCK
+    pos = hi
+    carry = b""
+    while pos > lo:
+        size = min(block_size, pos - lo)
+        pos -= size
+        buf = file.pread(size, pos) + carry
+        end = len(buf)
+        while True:
+            newline = buf.rfind(b"\n", 0, end - 1) if end > 1 else -1
+            if newline < 0:
+                break
+            yield pos + newline + 1, buf[newline + 1 : end]
+            end = newline + 1
+        carry = buf[:end]
+    if carry:
+        yield lo, carry
+
+
+def _record_time(line: bytes, parser: TimestampParser) -> int | None:
+    space = line.find(b" ", 0, 64)
+    if space <= 0:
+        return None
+    try:
+        return parser.parse(line[:space])
+    except LogFormatError:
+        return None
+
+
+def _find_newline(file: _PlainFile, pos: int, limit: int) -> int:
+    """Offset just past the next ``\\n`` at or after ``pos``, or ``limit``."""
+    while pos < limit:
+        data = file.pread(min(8192, limit - pos), pos)
+        if not data:
+            return limit
+        found = data.find(b"\n")
+        if found >= 0:
+            return pos + found + 1
+        pos += len(data)
+    return limit
+
+
+def _bisect(
+    file: _PlainFile, lo: int, hi: int, pred: Callable[[int], bool], parser: TimestampParser
+) -> int:
+    """First line start in ``[lo, hi)`` whose timestamp satisfies ``pred``, else ``hi``.
+
+    ``pred`` must be monotone over the file (False… then True); lines without a valid
+    timestamp are skipped.  Reads a few KiB per halving, never the file.
+    """
+    answer = hi
+    while hi - lo > _BISECT_LINEAR:
+        mid = (lo + hi) // 2
+        start = _find_newline(file, mid - 1, hi)
+        ts: int | None = None
+        while start < hi:
+            ts = _record_time(file.pread(64, start), parser)
+            if ts is not None:
+                break
+            start = _find_newline(file, start, hi)
+        if start >= hi or ts is None:
+            hi = mid
+        elif pred(ts):
+            answer = start
+            hi = mid
+        else:
+            lo = _find_newline(file, start, hi)
+    data = file.pread(hi - lo + 4096, lo) if hi > lo else b""
+    pos = 0
+    while lo + pos < hi:
+        ts = _record_time(data[pos : pos + 64], parser)
+        if ts is not None and pred(ts):
+            return lo + pos
+        newline = data.find(b"\n", pos)
+        if newline < 0:
+            break
+        pos = newline + 1
+    return answer
+
+
+# ---------------------------------------------------------------------------
+# Planning a read: where each segment's read starts and ends
+
+
+@dataclass(slots=True)
+class ReadOptions:
+    """What to read from a source.  Times are epoch nanoseconds."""
+
+    tail: int | None = None
+    since_ns: int | None = None
+    until_ns: int | None = None
+    streams: frozenset[bytes] = frozenset(STREAMS)
+    merge_partials: bool = True
+    all_rotated: bool = False
+
+
+class _Opened:
+    """A segment opened for a read, with the end of the bytes it contributes."""
+
+    __slots__ = ("_gz_data", "end", "file", "segment")
+
+    def __init__(self, segment: Segment, file: _PlainFile | None, end: int) -> None:
+        self.segment = segment
+        self.file = file
+        self.end = end
+        self._gz_data: bytes | None = None
+
+    def gz_data(self, stats: ReadStats, on_error: ErrorHandler) -> bytes:
+        # Only for tail/since over rotated gzip files: bounded by the kubelet's
+        # rotation size, and gzip streams cannot be read backwards.
+        if self._gz_data is None:
+            self._gz_data = b"".join(
+                data for _, data in _gz_blocks(self.segment.path, stats, on_error)
+            )
+            self.end = len(self._gz_data)
+        return self._gz_data
+
+    def lines_backward(
+        self, hi: int, stats: ReadStats, on_error: ErrorHandler
+    ) -> Iterator[tuple[int, bytes]]:
+        if self.file is not None:
+            yield from _lines_backward(self.file, 0, hi)
+            return
+        data = self.gz_data(stats, on_error)
+        end = min(hi, len(data))
+        while end > 0:
+            newline = data.rfind(b"\n", 0, end - 1) if end > 1 else -1
+            yield newline + 1, data[newline + 1 : end]
+            end = newline + 1
+
+    def first_time(self, stats: ReadStats, parser: TimestampParser) -> int | None:
+        if self.file is not None:
+            head = self.file.pread(64, 0)
+        elif self._gz_data is not None:
+            head = self._gz_data[:64]
+        else:
+            try:
+                with gzip.open(self.segment.path, "rb") as gz:
+                    head = gz.read(64)
+            except (OSError, EOFError, zlib.error):
+                return None
+            stats.files_opened += 1
+        return _record_time(head, parser)
+
+
+Position = tuple[int, int]  # (segment index, offset)
+
+
+class SourceReader:
+    """Reads one :class:`LogSource` for a :class:`ReadOptions`, without following.
+
+    :meth:`lines` gives logical lines; :meth:`blocks` plus :attr:`decoder` give the
+    raw blocks for callers with a faster path of their own.  ``live`` is an already
+    open descriptor of the newest segment (a follower's); with ``follow`` the read
+    stops at that file's last newline and keeps unfinished lines pending, and
+    :attr:`live_end` tells the follower where to continue.
+    """
+
+    def __init__(
+        self,
+        source: LogSource,
+        options: ReadOptions,
+        *,
+        stats: ReadStats | None = None,
+        on_error: ErrorHandler | None = None,
+        parse_times: bool = False,
+        segments: Sequence[Segment] | None = None,
+        live: _PlainFile | None = None,
+        follow: bool = False,
+    ) -> None:
+        self.source = source
+        self.options = options
+        self.stats = stats if stats is not None else ReadStats()
+        self.on_error = on_error or _ignore
+        self.follow = follow
+        self._segments = list(segments) if segments is not None else None
+        self._live = live
+        self.live_end = 0
+        self._parser = TimestampParser()
+        self.decoder = LineDecoder(
+            source=source.info,
+            streams=options.streams,
+            merge_partials=options.merge_partials,
+            since_ns=options.since_ns,
+            until_ns=options.until_ns,
+            parse_times=parse_times,
+            on_error=self.on_error,
+        )
+        self._opened: list[_Opened] = []
+        self._until_cut = False
+
+    # -- opening --------------------------------------------------------------
+
+    def _open(self) -> list[_Opened]:
+        segments = self._segments
+        if segments is None:
+            segments = self.source.segments(self.options.all_rotated)
+        opened: list[_Opened] = []
+        for index, segment in enumerate(segments):
+            is_last = index == len(segments) - 1
+            if segment.compressed:
+                opened.append(_Opened(segment, None, -1))
+                continue
+            if is_last and self._live is not None:
+                file = self._live
+            else:
+                try:
+                    file = _PlainFile(segment.path, self.stats)
+                except FileNotFoundError:
+                    # Rotated away and compressed between listing and opening.
+                    gz = segment.path + ".gz"
+                    if os.path.exists(gz):
+                        opened.append(_Opened(Segment(gz, segment.key, True), None, -1))
+                    continue
+            end = file.size()
+            if self.follow and is_last:
+                end = self._last_newline(file, end)
+            opened.append(_Opened(segment, file, end))
+        return opened
+
+    @staticmethod
+    def _last_newline(file: _PlainFile, end: int) -> int:
+        # A follower must not consume a record the writer has not finished.
+        pos = end
+        while pos > 0:
+            size = min(BACKWARD_BLOCK, pos)
+            found = file.pread(size, pos - size).rfind(b"\n")
+            if found >= 0:
+                return pos - size + found + 1
+            pos -= size
+        return 0
+
+    def close(self) -> None:
+        for item in self._opened:
+            if item.file is not None and item.file is not self._live:
+                item.file.close()
+        self._opened = []
+
+    # -- planning -------------------------------------------------------------
+
+    def _plan(self, opened: list[_Opened]) -> tuple[Position, Position, bool]:
+        """Start and end positions, and whether the last segment needs until checks."""
+        options = self.options
+        last = len(opened) - 1
+        start: Position = (0, 0)
+        end: Position = (last, opened[last].end)
+        until_checked = False
+        if options.until_ns is not None:
+            until = options.until_ns
+            index = last
+            while index > 0:
+                first = opened[index].first_time(self.stats, self._parser)
+                if first is None or first <= until:
+                    break
+                index -= 1
+            item = opened[index]
+            if item.file is not None:
+                end = (index, _bisect(item.file, 0, item.end, lambda t: t > until, self._parser))
+            else:
+                end = (index, -1)
+                until_checked = True
+        if options.since_ns is not None:
+            since = options.since_ns
+            index = end[0]
+            while index > 0:
+                first = opened[index].first_time(self.stats, self._parser)
+                if first is not None and first < since:
+                    break
+                index -= 1
+            item = opened[index]
+            offset = 0
+            if item.file is not None:
+                hi = end[1] if index == end[0] and end[1] >= 0 else item.end
+                offset = _bisect(item.file, 0, hi, lambda t: t >= since, self._parser)
+            start = self._back_to_line_starts(opened, (index, offset), None)
+        if options.tail is not None:
+            # Trailing pieces are a line of their own only at the real end of the
+            # data; at an --until cut (or while following) that line is not finished.
+            trailing = not self.follow and end == (last, opened[last].end) and not until_checked
+            tail_start = self._back_to_line_starts(opened, end, options.tail, trailing)
+            start = max(start, tail_start)
+        return start, end, until_checked
+
+    def _back_to_line_starts(
+        self, opened: list[_Opened], origin: Position, count: int | None, trailing: bool = True
+    ) -> Position:
+        """Walk back from ``origin`` to the first piece of the lines that need reading.
+
+        With ``count``: the last ``count`` logical lines before ``origin``, each back
+        to its first piece.  Without: the lines still unfinished at ``origin``, back
+        to their first piece; a stream not seen within :data:`SINCE_LOOKBACK` bytes
+        is taken to be between lines.
+        """
+        streams = self.options.streams
+        merge = self.options.merge_partials
+        if count == 0 or (count is None and not merge):
+            return origin
+        start = origin
+        counted = 0
+        # stream -> inside a line we need (going back, its earlier pieces are needed)
+        open_lines: dict[bytes, bool] = {}
+        scanned = 0
+        index, hi = origin
+        restart = opened[index].segment.restart
+        while index >= 0:
+            item = opened[index]
+            if item.segment.restart != restart:
+                # Another container instance: no line continues across it.
+                if count is None or counted >= count:
+                    return start
+                open_lines.clear()
+                restart = item.segment.restart
+            if hi < 0:
+                hi = len(item.gz_data(self.stats, self.on_error))
+            for offset, raw in item.lines_backward(hi, self.stats, self.on_error):
+                scanned += len(raw)
+                try:
+                    record = parse_record(raw)
+                except LogFormatError:
+                    continue
+                stream = record.stream
+                if stream not in streams:
+                    continue
+                if count is not None and not merge:
+                    counted += 1
+                    if counted >= count:
+                        return (index, offset)
+                    continue
+                if count is not None:
+                    if open_lines.get(stream):
+                        if record.partial:
+                            start = (index, offset)
+                        elif counted < count:
+                            # This F ends the previous line of the stream: count it too.
+                            counted += 1
+                            start = (index, offset)
+                        else:
+                            open_lines[stream] = False
+                    elif counted < count and (trailing or not record.partial):
+                        # An F, or the trailing pieces of a line never finished.
+                        counted += 1
+                        open_lines[stream] = True
+                        start = (index, offset)
+                    if counted >= count and not any(open_lines.values()):
+                        return start
+                    continue
+                if stream not in open_lines:
+                    open_lines[stream] = record.partial
+                    if record.partial:
+                        start = (index, offset)
+                elif open_lines[stream]:
+                    if record.partial:
+                        start = (index, offset)
+                    else:
+                        open_lines[stream] = False
+                if not any(open_lines.values()) and (
+                    len(open_lines) == len(streams) or scanned > SINCE_LOOKBACK
+                ):
+                    return start
+            index -= 1
+            hi = opened[index].end if index >= 0 else 0
+        return (0, 0) if count is not None else start
+
+    # -- reading --------------------------------------------------------------
+
+    def blocks(self) -> Iterator[Block]:
+        """The planned byte ranges as blocks of whole records, oldest first."""
+        opened = self._open()
+        self._opened = opened
+        if not opened:
+            return
+        start, end, until_checked = self._plan(opened)
+        # Lines still unfinished where --until cut the read finish after it.
+        self._until_cut = until_checked or end != (len(opened) - 1, opened[-1].end)
+        previous_restart: int | None = None
+        for index in range(start[0], end[0] + 1):
+            item = opened[index]
+            lo = start[1] if index == start[0] else 0
+            first_of_restart = (
+                previous_restart is not None and item.segment.restart != previous_restart
+            )
+            previous_restart = item.segment.restart
+            check_until = until_checked and index == end[0]
+            if item.file is not None:
+                hi = end[1] if index == end[0] else item.end
+                file = item.file
+                lineno: int | None = 1 if lo == 0 else None
+                for offset, data in _forward_blocks(file, lo, hi):
+                    yield Block(
+                        data,
+                        item.segment.path,
+                        offset,
+                        lineno,
+                        file.count_lines,
+                        check_until,
+                        first_of_restart,
+                    )
+                    first_of_restart = False
+                    if lineno is not None:
+                        lineno += data.count(b"\n")
+                if index == len(opened) - 1:
+                    self.live_end = hi
+            else:
+                line_base = 1
+                if item._gz_data is not None:
+                    data = item._gz_data[lo:]
+                    if lo:
+                        line_base = item._gz_data.count(b"\n", 0, lo) + 1
+                    chunks: Iterable[tuple[int, bytes]] = [(lo, data)] if data else []
+                else:
+                    chunks = _gz_blocks(item.segment.path, self.stats, self.on_error)
+                for offset, data in chunks:
+                    yield Block(
+                        data,
+                        item.segment.path,
+                        offset,
+                        line_base,
+                        None,
+                        check_until,
+                        first_of_restart,
+                    )
+                    first_of_restart = False
+                    line_base += data.count(b"\n")
+
+    def restart_boundary(self) -> list[LogLine]:
+        """Call before a block marked ``first_of_restart``: ends the old instance's lines."""
+        lines = self.decoder.finish() if not self.decoder.done else []
+        self.decoder.merger = PartialMerger(self.source.info)
+        return lines
+
+    def finish(self) -> list[LogLine]:
+        """Call after the last block (not when following): the unfinished lines."""
+        if self._until_cut:
+            self.decoder.merger.flush()
+        return self.decoder.finish()
+
+    def lines(self) -> Iterator[LogLine]:
+        """Logical lines, oldest first (the last ``tail`` of them with ``tail``)."""
+        decoder = self.decoder
+        tail = self.options.tail
+        kept: deque[LogLine] | None = deque(maxlen=tail) if tail is not None else None
+        try:
+            for block in self.blocks():
+                batch = self.restart_boundary() if block.first_of_restart else []
+                batch += decoder.feed(block)
+                if kept is not None:
+                    kept.extend(batch)
+                else:
+                    yield from batch
+                if decoder.done:
+                    break
+            if not self.follow:
+                final = self.finish()
+                if kept is not None:
+                    kept.extend(final)
+                else:
+                    yield from final
+            if kept is not None:
+                yield from kept
+        finally:
+            self.close()
+
+
+def read_lines(
+    source: LogSource,
+    options: ReadOptions | None = None,
+    *,
+    stats: ReadStats | None = None,
+    on_error: ErrorHandler | None = None,
+) -> Iterator[LogLine]:
+    """Logical lines of one source (see :class:`SourceReader`)."""
+    reader = SourceReader(source, options or ReadOptions(), stats=stats, on_error=on_error)
+    return reader.lines()
+
+
+def read_log_file(
+    path: str, *, merge_partials: bool = True, on_error: ErrorHandler | None = None
+) -> list[LogLine]:
+    """Every logical line of one CRI log file (``.gz`` too) — for tests and ExecSync."""
+    source = LogSource.for_file(path)
+    source = LogSource(source.info, source.directory, source.base, static=True)
+    options = ReadOptions(merge_partials=merge_partials)
+    return list(SourceReader(source, options, on_error=on_error).lines())
+
+
+def merge_lines(sources: Iterable[Iterable[LogLine]]) -> Iterator[LogLine]:
+    """Several sources' lines in time order (each source must be in time order)."""
+    return heapq.merge(*sources, key=_line_time)
+
+
+def _line_time(line: LogLine) -> int:
+    return line.ns if line.ns >= 0 else parse_timestamp(line.timestamp)
+
+
+# ---------------------------------------------------------------------------
+# inotify, through libc (the package imports only the standard library)
+
+IN_MODIFY: Final = 0x00000002
+IN_ATTRIB: Final = 0x00000004
+IN_CLOSE_WRITE: Final = 0x00000008
+IN_MOVED_FROM: Final = 0x00000040
+IN_MOVED_TO: Final = 0x00000080
+IN_CREATE: Final = 0x00000100
+IN_DELETE: Final = 0x00000200
+IN_DELETE_SELF: Final = 0x00000400
+IN_MOVE_SELF: Final = 0x00000800
+IN_Q_OVERFLOW: Final = 0x00004000
+IN_IGNORED: Final = 0x00008000
+IN_ONLYDIR: Final = 0x01000000
+IN_NONBLOCK: Final = os.O_NONBLOCK
+IN_CLOEXEC: Final = os.O_CLOEXEC
+
+_DIR_MASK: Final = (
+    IN_CREATE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
+)
+_FILE_MASK: Final = IN_MODIFY | IN_CLOSE_WRITE | IN_ATTRIB
+_EVENT_HEADER: Final = struct.Struct("iIII")
+
+
+@dataclass(frozen=True, slots=True)
+class InotifyEvent:
+    wd: int
+    mask: int
+    cookie: int
+    name: str
+
+
+class Inotify:
+    """A non-blocking inotify instance (``inotify_init1``/``inotify_add_watch`` via ctypes)."""
+
+    _libc: ctypes.CDLL | None = None
+
+    def __init__(self) -> None:
+        libc = self._load()
+        fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"inotify_init1: {os.strerror(err)}")
+        self.fd: int = fd
+
+    @classmethod
+    def _load(cls) -> ctypes.CDLL:
+        if cls._libc is None:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.inotify_init1.argtypes = [ctypes.c_int]
+            libc.inotify_init1.restype = ctypes.c_int
+            libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+            libc.inotify_add_watch.restype = ctypes.c_int
+            libc.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
+            libc.inotify_rm_watch.restype = ctypes.c_int
+            cls._libc = libc
+        return cls._libc
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def add_watch(self, path: str, mask: int) -> int:
+        wd: int = self._load().inotify_add_watch(self.fd, os.fsencode(path), mask)
+        if wd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"inotify_add_watch {path}: {os.strerror(err)}", path)
+        return wd
+
+    def rm_watch(self, wd: int) -> None:
+        # EINVAL: the kernel already dropped the watch (its inode is gone).
+        self._load().inotify_rm_watch(self.fd, wd)
+
+    def read_events(self) -> list[InotifyEvent]:
+        events: list[InotifyEvent] = []
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return events
+            except InterruptedError:
+                continue
+            pos = 0
+            while pos + _EVENT_HEADER.size <= len(data):
+                wd, mask, cookie, length = _EVENT_HEADER.unpack_from(data, pos)
+                pos += _EVENT_HEADER.size
+                name = data[pos : pos + length].split(b"\0", 1)[0]
+                pos += length
+                events.append(InotifyEvent(wd, mask, cookie, os.fsdecode(name)))
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+# ---------------------------------------------------------------------------
+# Following across rotations
+
+
+class RotationTracker:
+    """Decides when a follower may leave the file it reads, and what comes next.
+
+    Fed with directory listings (:meth:`observe`), the writer's activity on the file
+    being read (:meth:`writer_wrote`, :meth:`writer_closed`, one inotify read per
+    :meth:`new_batch`) and growth seen by the reader (:meth:`grew`).
+
+    The file being read is finished once a newer segment exists *and* one of:
+
+    * its writer closed it after it was rotated (the runtime's reopen is done);
+    * it has no links left (the kubelet compressed and deleted it);
+    * two newer segments exist (a whole rotation has passed since);
+    * nothing was written to it for ``grace_ns`` since the newer segment appeared.
+
+    A close seen before the file was rotated is stale (a reopen of a file that was
+    not renamed) and is forgotten when the rename is observed, unless it arrived in
+    the same inotify read as that observation: there the order is unknown, and a late
+    write still clears it, since every write after a close does.
+    """
+
+    def __init__(self, grace_ns: int = ROTATION_GRACE_NS) -> None:
+        self.grace_ns = grace_ns
+        self.entries: list[Segment] = []
+        self._batch = 0
+        self._closed: dict[int, int] = {}
+        self._rotated: set[int] = set()
+        self._known: dict[int, Segment] = {}
+        self._waiting_since: dict[int, int] = {}
+        self._grew_at: dict[int, int] = {}
+
+    def new_batch(self) -> None:
+        self._batch += 1
+
+    def writer_closed(self, ino: int) -> None:
+        self._closed[ino] = self._batch
+
+    def writer_wrote(self, ino: int) -> None:
+        self._closed.pop(ino, None)
+
+    def grew(self, ino: int, now_ns: int) -> None:
+        self._grew_at[ino] = now_ns
+
+    def observe(self, entries: Sequence[Segment]) -> None:
+        self.entries = sorted(entries, key=lambda entry: entry.key)
+        for entry in self.entries:
+            if entry.compressed or not entry.ino:
+                continue
+            self._known[entry.ino] = entry
+            if not entry.live and entry.ino not in self._rotated:
+                self._rotated.add(entry.ino)
+                if self._closed.get(entry.ino, self._batch) < self._batch:
+                    del self._closed[entry.ino]
+
+    def forget(self, ino: int) -> None:
+        for table in (self._closed, self._waiting_since, self._grew_at):
+            table.pop(ino, None)
+        self._known.pop(ino, None)
+        self._rotated.discard(ino)
+
+    def position(
+        self,
+        ino: int,
+        head: Callable[[], bytes] | None = None,
+        gz_head: Callable[[Segment, int], bytes] | None = None,
+    ) -> SegmentKey | None:
+        """Where the file ``ino`` sits in the set now.
+
+        By inode while its plain file exists; once compressed and deleted, by finding
+        the ``.gz`` that starts with the same bytes; else where it was last seen.
+        """
+        for entry in self.entries:
+            if entry.ino == ino and not entry.compressed:
+                return entry.key
+        if head is not None and gz_head is not None:
+            prefix = head()
+            if prefix:
+                for entry in self.entries:
+                    if entry.compressed and gz_head(entry, len(prefix)) == prefix:
+                        return entry.key
+        known = self._known.get(ino)
+        return known.key if known is not None else None
+
+    def next_after(self, key: SegmentKey | None) -> Segment | None:
+        for entry in self.entries:
+            if key is None or entry.key > key:
+                return entry
+        return None
+
+    def decide(
+        self,
+        ino: int,
+        now_ns: int,
+        *,
+        deleted: bool = False,
+        head: Callable[[], bytes] | None = None,
+        gz_head: Callable[[Segment, int], bytes] | None = None,
+    ) -> Segment | None:
+        """The segment to continue with once ``ino`` is drained, or None to stay on it."""
+        key = self.position(ino, head, gz_head)
+        if key is None:
+            return None
+        successor = self.next_after(key)
+        if successor is None:
+            self._waiting_since.pop(ino, None)
+            return None
+        since = self._waiting_since.setdefault(ino, now_ns)
+        quiet_since = max(since, self._grew_at.get(ino, since))
+        if (
+            ino in self._closed
+            or deleted
+            or self.next_after(successor.key) is not None
+            or now_ns - quiet_since >= self.grace_ns
+        ):
+            return successor
+        return None
+
+    def wake_in(self, ino: int, now_ns: int) -> int | None:
+        """Nanoseconds until :meth:`decide` may change its mind with no new event."""
+        since = self._waiting_since.get(ino)
+        if since is None:
+            return None
+        quiet_since = max(since, self._grew_at.get(ino, since))
+        return max(0, quiet_since + self.grace_ns - now_ns)
+
+
+class _Follower:
+    """Follows one source: reads the current file, switches segments as told."""
+
+    def __init__(
+        self,
+        source: LogSource,
+        options: ReadOptions,
+        inotify: Inotify,
+        stats: ReadStats,
+        on_error: ErrorHandler,
+        parse_times: bool,
+        grace_ns: int,
+    ) -> None:
+        self.source = source
+        self.options = options
+        self.inotify = inotify
+        self.stats = stats
+        self.on_error = on_error
+        self.tracker = RotationTracker(grace_ns)
+        self.dir_wd = inotify.add_watch(source.directory, _DIR_MASK)
+        self.cur: _PlainFile | None = None
+        self.cur_wd = -1
+        self.offset = 0
+        self.pos_key: SegmentKey | None = None
+        self.need_scan = True
+        self.more = False
+        # Open the live file before listing: whatever the listing shows older than it
+        # is history, and nothing rotated in between can be missed.
+        entries = source.listing()
+        live = entries[-1] if entries else None
+        if live is not None and not live.compressed:
+            try:
+                self._set_current(_PlainFile(live.path, stats))
+            except FileNotFoundError:
+                pass
+        self.scan()
+        history: list[Segment] = []
+        if self.cur is not None:
+            key = self.tracker.position(self.cur.ino)
+            if key is not None and options.all_rotated:
+                history = [entry for entry in self.tracker.entries if entry.key < key]
+            history.append(Segment(self.cur.path, key or (0, 1, 0, ""), False, self.cur.ino))
+        else:
+            if options.all_rotated:
+                history = list(self.tracker.entries)
+            self.pos_key = self.tracker.entries[-1].key if self.tracker.entries else None
+        self.reader = SourceReader(
+            source,
+            options,
+            stats=stats,
+            on_error=on_error,
+            parse_times=parse_times,
+            segments=history,
+            live=self.cur,
+            follow=True,
+        )
+        self.decoder = self.reader.decoder
+
+    def history(self) -> Iterator[LogLine]:
+        yield from self.reader.lines()
+        if self.cur is not None:
+            self.offset = self.reader.live_end
+
+    def _set_current(self, file: _PlainFile) -> None:
+        self.cur = file
+        self.offset = 0
+        # Watching /proc/self/fd/N pins the watch to our inode, whatever its name.
+        self.cur_wd = self.inotify.add_watch(f"/proc/self/fd/{file.fd}", _FILE_MASK)
+
+    def _close_current(self) -> None:
+        if self.cur is None:
+            return
+        self.inotify.rm_watch(self.cur_wd)
+        self.tracker.forget(self.cur.ino)
+        self.cur.close()
+        self.cur = None
+        self.cur_wd = -1
+
+    def scan(self) -> None:
+        self.tracker.observe(self.source.listing())
+        self.need_scan = False
+
+    def handle(self, event: InotifyEvent) -> None:
+        if event.wd == self.dir_wd or event.mask & IN_Q_OVERFLOW:
+            self.need_scan = True
+        if self.cur is not None and event.wd == self.cur_wd:
+            if event.mask & IN_MODIFY:
+                self.tracker.writer_wrote(self.cur.ino)
+            if event.mask & IN_CLOSE_WRITE:
+                self.tracker.writer_closed(self.cur.ino)
+            if event.mask & IN_ATTRIB:
+                self.need_scan = True
+
+    def _read_current(self, final: bool, now_ns: int, budget: int) -> list[LogLine]:
+        cur = self.cur
+        assert cur is not None
+        size = cur.size()
+        if size < self.offset:
+            self.on_error(MalformedLine(cur.path, None, "file was truncated, reading it again"))
+            self.offset = 0
+        out: list[LogLine] = []
+        hi = min(size, self.offset + budget)
+        for offset, data in _forward_blocks(cur, self.offset, hi):
+            if not data.endswith(b"\n") and not final:
+                break
+            out += self.decoder.feed(Block(data, cur.path, offset, None, cur.count_lines))
+            self.offset = offset + len(data)
+            if self.decoder.done:
+                break
+        if self.offset < size and hi < size:
+            self.more = True
+        if out:
+            self.tracker.grew(cur.ino, now_ns)
+        return out
+
+    def _gz_head(self, segment: Segment, size: int) -> bytes:
+        try:
+            with gzip.open(segment.path, "rb") as gz:
+                return gz.read(size)
+        except (OSError, EOFError, zlib.error):
+            return b""
+
+    def step(self, now_ns: int, budget: int = 8 * FORWARD_BLOCK) -> list[LogLine]:
+        self.more = False
+        out: list[LogLine] = []
+        if self.need_scan:
+            self.scan()
+        for _ in range(64):
+            if self.decoder.done:
+                break
+            cur = self.cur
+            if cur is not None:
+                out += self._read_current(False, now_ns, budget)
+                if self.more:
+                    break
+                successor = self.tracker.decide(
+                    cur.ino,
+                    now_ns,
+                    deleted=cur.links() == 0,
+                    head=functools.partial(cur.pread, 256, 0),
+                    gz_head=self._gz_head,
+                )
+                if successor is None:
+                    break
+                out += self._read_current(True, now_ns, 1 << 62)
+                self.pos_key = self.tracker.position(cur.ino) or successor.key
+                self._close_current()
+                out += self._enter(successor)
+                continue
+            successor = self.tracker.next_after(self.pos_key)
+            if successor is None:
+                break
+            out += self._enter(successor)
+        return out
+
+    def _enter(self, segment: Segment) -> list[LogLine]:
+        """Start reading ``segment``; a ``.gz`` is finished by definition, so read it all."""
+        if segment.restart != (self.pos_key[0] if self.pos_key else segment.restart):
+            out = self.decoder.finish()
+            self.decoder.merger = PartialMerger(self.source.info)
+        else:
+            out = []
+        if segment.compressed:
+            for offset, data in _gz_blocks(segment.path, self.stats, self.on_error):
+                out += self.decoder.feed(Block(data, segment.path, offset))
+            self.pos_key = segment.key
+            return out
+        try:
+            file = _PlainFile(segment.path, self.stats)
+        except FileNotFoundError:
+            self.scan()
+            return out
+        if file.ino != segment.ino:
+            # Renamed under us since the listing; list again and retry by name.
+            file.close()
+            self.scan()
+            return out
+        self._set_current(file)
+        self.pos_key = segment.key
+        return out
+
+    def finish(self, now_ns: int) -> list[LogLine]:
+        """The container is gone: read what is left and end unfinished lines."""
+        self.scan()
+        out = self.step(now_ns, 1 << 62)
+        if self.cur is not None:
+            out += self._read_current(True, now_ns, 1 << 62)
+        return out + self.decoder.finish()
+
+    def wake_in(self, now_ns: int) -> int | None:
+        if self.more:
+            return 0
+        if self.cur is None:
+            return None
+        return self.tracker.wake_in(self.cur.ino, now_ns)
+
+    def close(self) -> None:
+        self._close_current()
+        self.reader.close()
+
+
+class FollowGroup:
+    """Follows several sources with one inotify instance.
+
+    ``history()`` gives each source's past lines (tail/since applied), then ``run()``
+    emits new lines in batches, sorted by time across sources, until ``should_stop``
+    returns True (the CRI side's hook: "the container has exited"), ``--until`` is
+    passed, or the caller interrupts it.  Close it in all cases.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[LogSource],
+        options: ReadOptions,
+        *,
+        stats: ReadStats | None = None,
+        on_error: ErrorHandler | None = None,
+        parse_times: bool = False,
+        grace_ns: int = ROTATION_GRACE_NS,
+        tick_ns: int = FOLLOW_TICK_NS,
+    ) -> None:
+        self.stats = stats if stats is not None else ReadStats()
+        self.on_error = on_error or _ignore
+        self.options = options
+        self.tick_ns = tick_ns
+        self.parse_times = parse_times or len(sources) > 1
+        self.inotify = Inotify()
+        self.followers: list[_Follower] = []
+        try:
+            for source in sources:
+                self.followers.append(
+                    _Follower(
+                        source,
+                        options,
+                        self.inotify,
+                        self.stats,
+                        self.on_error,
+                        self.parse_times,
+                        grace_ns,
+                    )
+                )
+        except BaseException:
+            self.close()
+            raise
+
+    def history(self) -> Iterator[LogLine]:
+        histories = [follower.history() for follower in self.followers]
+        if len(histories) == 1:
+            yield from histories[0]
+            return
+        merged: Iterable[LogLine] = merge_lines(histories)
+        if self.options.tail is not None:
+            merged = deque(merged, maxlen=self.options.tail)
+        yield from merged
+
+    def run(
+        self,
+        emit: Callable[[list[LogLine]], bool | None],
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
+        """Emit new lines until stopped; ``emit`` returning False also stops."""
+        poller = select.poll()
+        poller.register(self.inotify.fd, select.POLLIN)
+        while True:
+            now = time.monotonic_ns()
+            batch: list[LogLine] = []
+            for follower in self.followers:
+                batch += follower.step(now)
+            if batch:
+                if len(self.followers) > 1:
+                    batch.sort(key=_line_time)
+                if emit(batch) is False:
+                    return
+            if all(follower.decoder.done for follower in self.followers):
+                return
+            if should_stop is not None and should_stop():
+                now = time.monotonic_ns()
+                final: list[LogLine] = []
+                for follower in self.followers:
+                    final += follower.finish(now)
+                if len(self.followers) > 1:
+                    final.sort(key=_line_time)
+                if final:
+                    emit(final)
+                return
+            timeout = self.tick_ns
+            for follower in self.followers:
+                wake = follower.wake_in(now)
+                if wake is not None:
+                    timeout = min(timeout, wake)
+            if timeout > 0:
+                poller.poll(max(1, (timeout + 999_999) // 1_000_000))
+            events = self.inotify.read_events()
+            if not events and timeout >= self.tick_ns:
+                # The safety net: look again even if inotify said nothing.
+                for follower in self.followers:
+                    follower.need_scan = True
+            for follower in self.followers:
+                follower.tracker.new_batch()
+            for event in events:
+                for follower in self.followers:
+                    follower.handle(event)
+
+    def close(self) -> None:
+        for follower in self.followers:
+            follower.close()
+        self.followers = []
+        self.inotify.close()

@@ -1,0 +1,550 @@
+"""``iottymux logs``: read CRI container logs on a node, with no API server or daemon.
+
+Targets are resolved here (files, kubelet directories, ``NAMESPACE/POD[/CONTAINER]``);
+all reading is :mod:`iottymux.logreader`.  The one thing added on top is the output
+fast path: a block made only of whole ``F`` records with fixed-width timestamps (what
+our writer produces) is turned into output with bytes operations over the block,
+instead of one Python object per line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import sys
+from collections import deque
+from collections.abc import Iterable, Sequence
+from types import FrameType
+from typing import IO, Final
+
+from iottymux.logformat import (
+    STDERR,
+    STDOUT,
+    count_fixed_full_records,
+    strip_fixed_full_records,
+)
+from iottymux.logreader import (
+    FollowGroup,
+    LogLine,
+    LogReadError,
+    LogSource,
+    MalformedLine,
+    ReadOptions,
+    ReadStats,
+    SourceInfo,
+    SourceReader,
+    classify_segment,
+    fixed_timestamp,
+    merge_lines,
+    parse_time_arg,
+)
+
+EXIT_OK: Final = 0
+EXIT_ERROR: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_NO_DAEMON: Final = 3
+
+DEFAULT_LOG_ROOT: Final = "/var/log/pods"
+DEFAULT_RKTLET_SOCKET: Final = "/run/rktlet/rktlet.sock"
+#: Malformed lines reported one by one before only a count is kept.
+MAX_REPORTED: Final = 100
+
+DESCRIPTION = """\
+Read CRI container logs (the kubelet's /var/log/pods layout) straight from the files.
+Unlike the kubelet's reader it reads rotated and gzipped files, counts --tail in whole
+lines (P pieces merged), tracks partial lines per stream, and follows a log across the
+kubelet's rotations without losing or repeating a line."""
+
+EPILOG = """\
+targets:
+  FILE                   a CRI log file (N.log, or a rotated N.log.<time>[.gz])
+  CONTAINER_DIR          .../<ns>_<pod>_<uid>/<container>/: its newest N.log
+  POD_DIR                .../<ns>_<pod>_<uid>/: every container, merged by time
+  NAMESPACE/POD[/CTR]    looked up under --log-root (newest pod uid if several)
+  CONTAINER_ID_OR_NAME   asks a running rktlet daemon (not available yet: exit 3)
+
+--follow keeps reading until interrupted (SIGINT/SIGTERM end it cleanly, exit 0);
+it crosses rotations and container restarts (N.log -> N+1.log).
+
+exit codes:
+  0  success; malformed lines, if any, were reported on stderr and skipped.
+     Also when --follow is interrupted or the output is closed.
+  1  a target does not exist, cannot be read, or holds no CRI logs
+  2  usage error (unknown option, bad duration or time)
+  3  a container id or name needs a rktlet daemon and none answered
+"""
+
+_COLORS: Final = (b"36", b"33", b"32", b"35", b"34", b"31", b"96", b"93", b"92", b"95")
+
+
+class DaemonUnavailable(Exception):
+    """A target needs the rktlet daemon and it cannot answer."""
+
+
+def resolve_via_daemon(name: str, socket_path: str) -> list[LogSource]:
+    """The log of a container id or name, as a running rktlet knows it.
+
+    The daemon's lookup API belongs to the CRI issue; until it exists this only says
+    whether a daemon is there at all.
+    """
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(2.0)
+            conn.connect(socket_path)
+    except OSError:
+        raise DaemonUnavailable(f"no rktlet daemon at {socket_path}") from None
+    raise DaemonUnavailable(
+        f"the rktlet daemon at {socket_path} cannot resolve {name!r}: "
+        "container lookup is not implemented yet"
+    )
+
+
+def _has_restart_logs(directory: str) -> bool:
+    try:
+        return any(classify_segment(entry, None) for entry in os.listdir(directory))
+    except OSError:
+        return False
+
+
+def _is_pod_dir_name(name: str) -> bool:
+    parts = name.split("_")
+    return len(parts) == 3 and all(parts)
+
+
+def _sources_in_dir(directory: str) -> list[LogSource]:
+    directory = os.path.realpath(directory)
+    if _has_restart_logs(directory):
+        return [LogSource.for_container_dir(directory)]
+    subdirs = sorted(
+        entry.path for entry in os.scandir(directory) if entry.is_dir(follow_symlinks=False)
+    )
+    pod_like = _is_pod_dir_name(os.path.basename(directory))
+    containers = [path for path in subdirs if pod_like or _has_restart_logs(path)]
+    if containers:
+        return [LogSource.for_container_dir(path) for path in containers]
+    files = sorted(
+        entry.path
+        for entry in os.scandir(directory)
+        if entry.is_file() and entry.name.endswith(".log")
+    )
+    if files:
+        return [LogSource.for_file(path) for path in files]
+    raise LogReadError(f"{directory}: no CRI logs here")
+
+
+def _sources_in_log_root(target: str, log_root: str) -> list[LogSource] | None:
+    parts = target.split("/")
+    if not 2 <= len(parts) <= 3 or not all(parts):
+        return None
+    namespace, pod = parts[0], parts[1]
+    prefix = f"{namespace}_{pod}_"
+    try:
+        candidates = [
+            entry.path
+            for entry in os.scandir(log_root)
+            if entry.name.startswith(prefix)
+            and entry.is_dir()
+            and "_" not in entry.name[len(prefix) :]
+        ]
+    except OSError:
+        return None
+    if not candidates:
+        return None
+    # A pod deleted and created again gets a new uid; the newest directory is the live one.
+    pod_dir = max(candidates, key=lambda path: os.stat(path).st_mtime_ns)
+    if len(parts) == 3:
+        container_dir = os.path.join(pod_dir, parts[2])
+        if not os.path.isdir(container_dir):
+            raise LogReadError(f"{target}: pod has no container {parts[2]!r} in {pod_dir}")
+        return [LogSource.for_container_dir(container_dir)]
+    return _sources_in_dir(pod_dir)
+
+
+def resolve_target(target: str, log_root: str, socket_path: str) -> list[LogSource]:
+    """The log sources a command-line target names (see the epilog)."""
+    if os.path.isfile(target):
+        if not os.access(target, os.R_OK):
+            raise LogReadError(f"{target}: permission denied")
+        return [LogSource.for_file(target)]
+    if os.path.isdir(target):
+        return _sources_in_dir(target)
+    if not target.startswith(("/", ".")):
+        found = _sources_in_log_root(target, log_root)
+        if found is not None:
+            return found
+        if "/" not in target:
+            return resolve_via_daemon(target, socket_path)
+        raise LogReadError(f"{target}: no such file, directory or pod under {log_root}")
+    raise LogReadError(f"{target}: no such file or directory")
+
+
+def _labels(sources: Sequence[LogSource]) -> list[str]:
+    pods = {(source.info.namespace, source.info.pod) for source in sources}
+    labels = []
+    for source in sources:
+        info = source.info
+        same_pod = len(pods) == 1 and info.pod is not None and info.container is not None
+        labels.append(info.container if same_pod and info.container else info.label)
+    seen: dict[str, int] = {}
+    unique = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        unique.append(label if seen[label] == 1 else f"{label}#{seen[label]}")
+    return unique
+
+
+class Output:
+    """Formats lines and writes them in large chunks, honouring ``--limit-bytes``."""
+
+    def __init__(
+        self,
+        out: IO[bytes],
+        *,
+        json_mode: bool,
+        timestamps: bool,
+        prefixes: dict[SourceInfo, bytes],
+        plain_partial: bool,
+        limit_bytes: int | None,
+    ) -> None:
+        self.out = out
+        self.json_mode = json_mode
+        self.timestamps = timestamps
+        self.prefixes = prefixes
+        # Only unprefixed raw output may end a never-finished line without a newline:
+        # the bytes are then exactly what the app wrote.
+        self.plain_partial = plain_partial
+        self.remaining = limit_bytes
+        self.stopped = False
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+
+    def _format(self, line: LogLine) -> bytes:
+        if self.json_mode:
+            info = line.source
+            record = {
+                "time": fixed_timestamp(line.timestamp).decode("ascii", "replace"),
+                "stream": line.stream.decode("ascii"),
+                "namespace": info.namespace if info else None,
+                "pod": info.pod if info else None,
+                "container": (info.container or info.label) if info else None,
+                "line": line.content.decode("utf-8", "replace"),
+                "partial": not line.complete,
+            }
+            return json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n"
+        prefix = self.prefixes.get(line.source, b"") if line.source is not None else b""
+        if self.timestamps:
+            prefix += fixed_timestamp(line.timestamp) + b" "
+        end = b"" if not line.complete and self.plain_partial else b"\n"
+        return prefix + line.content + end
+
+    def lines(self, lines: Iterable[LogLine]) -> bool:
+        """Write ``lines``; False once ``--limit-bytes`` is reached."""
+        fmt = self._format
+        return all(self.raw(fmt(line)) for line in lines)
+
+    def raw(self, data: bytes) -> bool:
+        if self.stopped:
+            return False
+        if self.remaining is not None:
+            if len(data) >= self.remaining:
+                data = data[: self.remaining]
+                self.remaining = 0
+                self.stopped = True
+            else:
+                self.remaining -= len(data)
+        self._buffer.append(data)
+        self._buffered += len(data)
+        if self._buffered >= 1 << 20:
+            self.flush()
+        return not self.stopped
+
+    def flush(self) -> None:
+        if self._buffer:
+            data = b"".join(self._buffer)
+            self._buffer = []
+            self._buffered = 0
+            self.out.write(data)
+        self.out.flush()
+
+
+class _Reporter:
+    """Malformed lines to stderr, the first :data:`MAX_REPORTED` of them one by one."""
+
+    def __init__(self, err: IO[str]) -> None:
+        self.err = err
+        self.count = 0
+
+    def __call__(self, issue: MalformedLine) -> None:
+        self.count += 1
+        if self.count <= MAX_REPORTED:
+            self.err.write(f"iottymux logs: {issue}\n")
+
+    def summary(self) -> None:
+        if self.count > MAX_REPORTED:
+            self.err.write(
+                f"iottymux logs: {self.count - MAX_REPORTED} more problems not shown "
+                f"({self.count} in all)\n"
+            )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="iottymux logs",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("targets", nargs="+", metavar="TARGET", help="what to read (below)")
+    parser.add_argument("-f", "--follow", action="store_true", help="keep reading new lines")
+    parser.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
+    parser.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="lines from WHEN on: a duration ago (10m, 1h30s) or RFC 3339",
+    )
+    parser.add_argument("--until", metavar="WHEN", help="lines up to WHEN (same forms)")
+    parser.add_argument(
+        "-t", "--timestamps", action="store_true", help="show fixed-width UTC timestamps"
+    )
+    parser.add_argument("--stream", choices=("stdout", "stderr", "all"), default="all")
+    parser.add_argument("--limit-bytes", type=int, metavar="N", help="stop after N bytes of output")
+    parser.add_argument(
+        "--all-rotated",
+        action="store_true",
+        help="also read rotated and gzipped files, and earlier restarts, oldest first",
+    )
+    parser.add_argument(
+        "--prefix",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="prefix lines with their container (default: when reading several)",
+    )
+    parser.add_argument("--no-color", action="store_true", help="never color prefixes")
+    parser.add_argument("--output", choices=("raw", "json"), default="raw")
+    parser.add_argument(
+        "--no-merge-partials",
+        action="store_true",
+        help="show each P piece as its own line instead of joining it to its F",
+    )
+    parser.add_argument(
+        "--log-root",
+        default=DEFAULT_LOG_ROOT,
+        metavar="DIR",
+        help=f"where NAMESPACE/POD targets live (default {DEFAULT_LOG_ROOT})",
+    )
+    parser.add_argument(
+        "--rktlet-socket",
+        default=os.environ.get("RKTLET_SOCKET", DEFAULT_RKTLET_SOCKET),
+        metavar="PATH",
+        help=f"rktlet daemon socket for container ids (default {DEFAULT_RKTLET_SOCKET})",
+    )
+    parser.add_argument(
+        "--debug-stats", action="store_true", help="print bytes and files read to stderr"
+    )
+    return parser
+
+
+def _read_once(
+    sources: Sequence[LogSource],
+    options: ReadOptions,
+    output: Output,
+    stats: ReadStats,
+    reporter: _Reporter,
+    fast_prefix: bytes | None,
+    timestamps: bool,
+) -> None:
+    if len(sources) > 1:
+        readers = [
+            SourceReader(source, options, stats=stats, on_error=reporter, parse_times=True)
+            for source in sources
+        ]
+        merged: Iterable[LogLine] = merge_lines(reader.lines() for reader in readers)
+        if options.tail is not None:
+            merged = deque(merged, maxlen=options.tail)
+        output.lines(merged)
+        return
+    reader = SourceReader(sources[0], options, stats=stats, on_error=reporter)
+    if fast_prefix is None or options.tail is not None:
+        output.lines(reader.lines())
+        return
+    decoder = reader.decoder
+    want_out = STDOUT in options.streams
+    want_err = STDERR in options.streams
+    try:
+        for block in reader.blocks():
+            if block.first_of_restart and not output.lines(reader.restart_boundary()):
+                return
+            if decoder.idle and not block.check_until and block.data.endswith(b"\n"):
+                counts = count_fixed_full_records(block.data)
+                if counts is not None:
+                    n_out, n_err = counts
+                    if (want_out or not n_out) and (want_err or not n_err):
+                        data = strip_fixed_full_records(
+                            block.data, keep_timestamp=timestamps, line_prefix=fast_prefix
+                        )
+                        if not output.raw(data):
+                            return
+                        continue
+                    if not (want_out and n_out) and not (want_err and n_err):
+                        continue
+            if not output.lines(decoder.feed(block)):
+                return
+            if decoder.done:
+                break
+        output.lines(reader.finish())
+    finally:
+        reader.close()
+
+
+def _follow(
+    sources: Sequence[LogSource],
+    options: ReadOptions,
+    output: Output,
+    stats: ReadStats,
+    reporter: _Reporter,
+    parse_times: bool,
+) -> None:
+    group = FollowGroup(sources, options, stats=stats, on_error=reporter, parse_times=parse_times)
+    try:
+        if not output.lines(group.history()):
+            return
+        output.flush()
+
+        def emit(batch: list[LogLine]) -> bool:
+            more = output.lines(batch)
+            output.flush()
+            return more
+
+        group.run(emit)
+    finally:
+        group.close()
+
+
+def _rchar() -> str:
+    try:
+        with open("/proc/self/io") as io_file:
+            for line in io_file:
+                if line.startswith("rchar:"):
+                    return line.split()[1]
+    except OSError:
+        pass
+    return "?"
+
+
+def _on_sigterm(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    since_ns = until_ns = None
+    try:
+        if args.since is not None:
+            since_ns = parse_time_arg(args.since)
+        if args.until is not None:
+            until_ns = parse_time_arg(args.until)
+    except ValueError as exc:
+        sys.stderr.write(f"iottymux logs: {exc}\n")
+        return EXIT_USAGE
+    if args.tail is not None and args.tail < 0:
+        sys.stderr.write("iottymux logs: --tail must not be negative\n")
+        return EXIT_USAGE
+    if args.limit_bytes is not None and args.limit_bytes <= 0:
+        sys.stderr.write("iottymux logs: --limit-bytes must be positive\n")
+        return EXIT_USAGE
+
+    sources: list[LogSource] = []
+    try:
+        for target in args.targets:
+            sources.extend(resolve_target(target, args.log_root, args.rktlet_socket))
+    except DaemonUnavailable as exc:
+        sys.stderr.write(f"iottymux logs: {exc}\n")
+        return EXIT_NO_DAEMON
+    except (LogReadError, OSError) as exc:
+        sys.stderr.write(f"iottymux logs: {exc}\n")
+        return EXIT_ERROR
+
+    streams = {"stdout": (STDOUT,), "stderr": (STDERR,), "all": (STDOUT, STDERR)}[args.stream]
+    options = ReadOptions(
+        tail=args.tail,
+        since_ns=since_ns,
+        until_ns=until_ns,
+        streams=frozenset(streams),
+        merge_partials=not args.no_merge_partials,
+        all_rotated=args.all_rotated,
+    )
+    out = sys.stdout.buffer
+    use_prefix = args.prefix if args.prefix is not None else len(sources) > 1
+    color = use_prefix and not args.no_color and "NO_COLOR" not in os.environ and out.isatty()
+    prefixes: dict[SourceInfo, bytes] = {}
+    if use_prefix:
+        for index, label in enumerate(_labels(sources)):
+            text = f"[{label}]".encode()
+            if color:
+                text = b"\x1b[%sm%s\x1b[0m" % (_COLORS[index % len(_COLORS)], text)
+            prefixes[sources[index].info] = text + b" "
+    json_mode = args.output == "json"
+    output = Output(
+        out,
+        json_mode=json_mode,
+        timestamps=args.timestamps,
+        prefixes=prefixes,
+        plain_partial=not use_prefix and not args.timestamps and options.merge_partials,
+        limit_bytes=args.limit_bytes,
+    )
+    stats = ReadStats()
+    reporter = _Reporter(sys.stderr)
+    if not json_mode and len(sources) == 1:
+        fast_prefix: bytes | None = prefixes.get(sources[0].info, b"")
+    else:
+        fast_prefix = None
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:
+        pass  # not the main thread: the caller owns signals
+    code = EXIT_OK
+    try:
+        if args.follow:
+            _follow(sources, options, output, stats, reporter, json_mode or len(sources) > 1)
+        else:
+            _read_once(sources, options, output, stats, reporter, fast_prefix, args.timestamps)
+        output.flush()
+    except KeyboardInterrupt:
+        try:
+            output.flush()
+        except BrokenPipeError:
+            _silence_stdout()
+    except BrokenPipeError:
+        _silence_stdout()
+    except (LogReadError, OSError) as exc:
+        sys.stderr.write(f"iottymux logs: {exc}\n")
+        code = EXIT_ERROR
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    reporter.summary()
+    if args.debug_stats:
+        sys.stderr.write(
+            f"iottymux logs: stats: bytes_read={stats.bytes_read} reads={stats.reads} "
+            f"files_opened={stats.files_opened} rchar={_rchar()}\n"
+        )
+    return code
+
+
+def _silence_stdout() -> None:
+    # The reader went away (``| head``): nothing more can be written, and the
+    # interpreter's final flush must not complain about it.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except OSError:
+        pass
