@@ -17,6 +17,7 @@ import grpc
 
 __all__ = [
     "AlreadyExists",
+    "DeadlineExceeded",
     "FailedPrecondition",
     "InvalidArgument",
     "NotFound",
@@ -77,6 +78,12 @@ class PermissionDenied(RktletError):
 
 class ResourceExhausted(RktletError):
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class DeadlineExceeded(RktletError):
+    """An operation ran past the timeout the caller gave (ExecSync)."""
+
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 def to_grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:

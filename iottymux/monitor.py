@@ -765,7 +765,11 @@ class Monitor:
                 return
             self._write_state()
             if pending is not None:
-                self._reply(pending[0], pending[1], {"ok": True, "pid": app.pid})
+                self._reply(
+                    pending[0],
+                    pending[1],
+                    {"ok": True, "pid": app.pid, "started_at": app.started_at},
+                )
 
         app.pending = (conn, rid)
         self._run_helper(app.oci.start_argv(), Stdio(), started)
@@ -818,7 +822,7 @@ class Monitor:
             app.attach.app_started()
         self._by_pid[pid] = app
         self._write_state()
-        return {"pid": pid}
+        return {"pid": pid, "started_at": app.started_at}
 
     def _op_signal(self, conn: ControlConnection, rid: Any, msg: dict[str, Any]) -> dict[str, Any]:
         app = self._app(msg)

@@ -1,0 +1,421 @@
+"""Container RPCs: Create, Start, Stop, Remove, Status, List, Update, ReopenContainerLog.
+
+A container is an app of its pod's monitor whose process the OCI runtime runs:
+the monitor owns its stdio (CRI log + attach endpoint), runs ``runc create``
+and ``runc start``, reaps it, and reports its exit.  The daemon keeps the
+record (SQLite), the root filesystem (overlay over the image) and the bundle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal as signal_module
+from typing import Any
+
+from cri import validate
+from cri.api import api_pb2
+from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from cri.oci import spec as oci_spec
+from cri.oci.image_config import ImageConfig
+from cri.runtime import CONTAINER_STATES, INFRA_APP, Runtime
+from cri.store import ContainerRecord, SandboxRecord, now_ns
+
+log = logging.getLogger("rktlet.containers")
+
+#: How long StopContainer waits for SIGKILL to be reaped before giving up.
+KILL_WAIT = 30.0
+
+
+def check_config(config: api_pb2.ContainerConfig) -> None:
+    validate.name(config.metadata.name, "config.metadata.name")
+    if not config.image.image:
+        raise InvalidArgument("config.image.image: must not be empty")
+    validate.bounded(config.image.image, "config.image.image", 4096)
+    validate.relative_log_path(config.log_path, "config.log_path")
+    if config.working_dir:
+        validate.absolute_path(config.working_dir, "config.working_dir")
+    validate.mapping(dict(config.labels), "config.labels")
+    validate.mapping(dict(config.annotations), "config.annotations")
+    for i, env in enumerate(config.envs):
+        if not env.key or "=" in env.key or "\0" in env.key + env.value:
+            raise InvalidArgument(f"config.envs[{i}].key: {env.key[:80]!r} is not a valid name")
+    for i, arg in enumerate([*config.command, *config.args]):
+        if "\0" in arg:
+            raise InvalidArgument(f"config.command/args[{i}]: contains NUL")
+    for i, mount in enumerate(config.mounts):
+        validate.absolute_path(mount.container_path, f"config.mounts[{i}].container_path")
+        if mount.host_path:
+            validate.absolute_path(mount.host_path, f"config.mounts[{i}].host_path")
+
+
+# -- CreateContainer --------------------------------------------------------------------
+
+
+async def create(rt: Runtime, request: api_pb2.CreateContainerRequest) -> Any:
+    validate.required_id(request.pod_sandbox_id, "pod_sandbox_id")
+    if not request.HasField("config"):
+        raise InvalidArgument("config: is required")
+    config = request.config
+    check_config(config)
+    sandbox = rt.sandbox(request.pod_sandbox_id)
+    if sandbox.state != "ready":
+        raise FailedPrecondition(f"pod_sandbox_id: pod {sandbox.id} is not ready")
+    meta = config.metadata
+    if rt.store.container_by_name(sandbox.id, meta.name, meta.attempt) is not None:
+        raise AlreadyExists(
+            f"config.metadata: container {meta.name!r} (attempt {meta.attempt}) already exists "
+            f"in pod {sandbox.id}"
+        )
+    image = rt.images.lookup(config.image.image, "config.image.image")
+    if image is None:
+        raise NotFound(f"config.image.image: image {config.image.image!r} not found")
+    image_config = ImageConfig.from_json(json.loads(rt.image_store.read_blob(image.id)))
+    container_id = secrets.token_hex(32)
+    sandbox_config = api_pb2.PodSandboxConfig.FromString(sandbox.config)
+    log_path = ""
+    if sandbox_config.log_directory and config.log_path:
+        log_path = os.path.join(sandbox_config.log_directory, config.log_path)
+    record = ContainerRecord(
+        id=container_id,
+        sandbox_id=sandbox.id,
+        name=meta.name,
+        attempt=meta.attempt,
+        state="creating",
+        created_at=now_ns(),
+        image=config.image.image,
+        image_id=image.id,
+        image_ref=image.repo_digests[0] if image.repo_digests else image.id,
+        config=config.SerializeToString(),
+        log_path=log_path,
+    )
+    try:
+        rt.store.add_container(record)
+    except Exception as exc:
+        raise AlreadyExists(f"config.metadata: container {meta.name!r} exists") from exc
+    try:
+        async with rt.lock(container_id):
+            await _create(rt, sandbox, sandbox_config, record, config, image_config)
+    except BaseException:
+        await rollback_container(rt, record)
+        raise
+    rt.publish(record, api_pb2.ContainerEventType.CONTAINER_CREATED_EVENT)
+    return api_pb2.CreateContainerResponse(container_id=container_id)
+
+
+async def _create(
+    rt: Runtime,
+    sandbox: SandboxRecord,
+    sandbox_config: api_pb2.PodSandboxConfig,
+    record: ContainerRecord,
+    config: api_pb2.ContainerConfig,
+    image_config: ImageConfig,
+) -> None:
+    security = config.linux.security_context
+    readonly = security.readonly_rootfs
+    bundle = rt.bundle_dir(record.id)
+    bundle.mkdir(parents=True, exist_ok=True)
+    record.info["bundle"] = str(bundle)
+    rootfs = await asyncio.to_thread(rt.rootfs.create, record.id, record.image_id, False)
+    record.info["rootfs"] = str(rootfs)
+    rt.store.update_container(record)
+    cgroups_path = rt.cgroups_path(sandbox_config.linux.cgroup_parent, record.id)
+    record.info["cgroups_path"] = cgroups_path
+    state_dir = rt.pod_state_dir(sandbox.id)
+    ns = sandbox_config.linux.security_context.namespace_options
+    infra_pid = int(sandbox.info.get("infra_pid", 0))
+    proc_ns = f"/proc/{infra_pid}/ns"
+    namespaces = oci_spec.PodNamespaces(
+        network=sandbox.info.get("netns") or None,
+        ipc=None if ns.ipc == api_pb2.NamespaceMode.NODE else f"{proc_ns}/ipc",
+        uts=None if ns.network == api_pb2.NamespaceMode.NODE else f"{proc_ns}/uts",
+        pid=f"{proc_ns}/pid" if ns.pid == api_pb2.NamespaceMode.POD else None,
+    )
+    spec = oci_spec.build_container_spec(
+        config,
+        sandbox_config,
+        image_config,
+        oci_spec.ContainerContext(
+            rootfs=str(rootfs),
+            container_id=record.id,
+            sandbox_id=sandbox.id,
+            cgroups_path=cgroups_path,
+            namespaces=namespaces,
+            readonly_rootfs=readonly,
+            hostname=sandbox.info.get("hostname", ""),
+            resolv_conf_path=str(state_dir / "resolv.conf"),
+            hosts_path=str(state_dir / "hosts"),
+            hostname_path=str(state_dir / "hostname"),
+            image_name=record.image,
+        ),
+        warn=lambda message: log.warning("container %s: %s", record.id, message),
+    )
+    (bundle / "config.json").write_text(json.dumps(spec))
+    record.info["stop_signal"] = image_config.stop_signal or "SIGTERM"
+    tty = config.tty
+    if tty:
+        modes = {"stdin": "tty" if config.stdin else "null", "stdout": "tty", "stderr": "tty"}
+    else:
+        modes = {
+            "stdin": "stream" if config.stdin else "null",
+            "stdout": "stream",
+            "stderr": "stream",
+        }
+    fields: dict[str, Any] = dict(modes)
+    if record.log_path:
+        fields["log_path"] = record.log_path
+    oci = {
+        "runtime": rt.config.handler_binary(sandbox.runtime_handler),
+        "root": rt.runc_root,
+        "bundle": str(bundle),
+        "id": record.id,
+    }
+    connection = rt.monitor(sandbox.id)
+    created = await connection.request(
+        "add", app=record.id, oci=oci, stdin_once=config.stdin_once, **fields
+    )
+    record.info["pid"] = created.get("pid", 0)
+    record.state = "created"
+    rt.store.update_container(record)
+
+
+async def rollback_container(rt: Runtime, record: ContainerRecord) -> None:
+    """Remove whatever a failed or interrupted create made."""
+    connection = rt.monitors.get(record.sandbox_id)
+    if connection is not None and not connection.closed:
+        with contextlib.suppress(Exception):
+            await connection.request("signal", app=record.id, signal="KILL")
+        with contextlib.suppress(Exception):
+            await connection.request("remove", app=record.id)
+    with contextlib.suppress(Exception):
+        await asyncio.to_thread(rt.rootfs.remove, record.id)
+    shutil.rmtree(rt.bundle_dir(record.id), ignore_errors=True)
+    rt.store.delete_container(record.id)
+    rt.forget_lock(record.id)
+
+
+# -- Start / Stop / Remove ---------------------------------------------------------------
+
+
+async def start(rt: Runtime, request: api_pb2.StartContainerRequest) -> Any:
+    record = rt.container(request.container_id)
+    async with rt.lock(record.id):
+        record = rt.store.get_container(record.id) or record
+        if record.state != "created":
+            raise FailedPrecondition(
+                f"container_id: container {record.id} is {record.state}, not created"
+            )
+        connection = rt.monitor(record.sandbox_id)
+        reply = await connection.request("start", app=record.id)
+        started_at = int(reply.get("started_at") or now_ns())
+        fresh = rt.store.get_container(record.id) or record
+        if fresh.state == "created":  # the exit event may already have landed
+            fresh.state = "running"
+            fresh.started_at = started_at
+            rt.store.update_container(fresh)
+        elif not fresh.started_at:
+            fresh.started_at = started_at
+            rt.store.update_container(fresh)
+    rt.publish(fresh, api_pb2.ContainerEventType.CONTAINER_STARTED_EVENT)
+    return api_pb2.StartContainerResponse()
+
+
+def _signal_number(name: str) -> int:
+    name = name.strip().upper()
+    if name.isdigit():
+        return int(name)
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    try:
+        return int(signal_module.Signals[name])
+    except KeyError:
+        return int(signal_module.SIGTERM)
+
+
+async def stop(rt: Runtime, request: api_pb2.StopContainerRequest) -> Any:
+    record = rt.container(request.container_id)
+    if request.timeout < 0:
+        raise InvalidArgument("timeout: must not be negative")
+    async with rt.lock(record.id):
+        record = rt.store.get_container(record.id) or record
+        await stop_record(rt, record, timeout=request.timeout)
+    return api_pb2.StopContainerResponse()
+
+
+async def stop_record(rt: Runtime, record: ContainerRecord, *, timeout: float) -> None:
+    """Stop signal, then SIGKILL after ``timeout`` seconds; returns once it has exited."""
+    if record.state == "exited":
+        return
+    connection = rt.monitor(record.sandbox_id)
+    if record.state == "created":
+        # Never started: kill the waiting init and record the exit.
+        with contextlib.suppress(Exception):
+            await connection.request("signal", app=record.id, signal="KILL")
+    if timeout > 0:
+        signum = _signal_number(record.info.get("stop_signal", "SIGTERM"))
+        with contextlib.suppress(FailedPrecondition):
+            await connection.request("signal", app=record.id, signal=signum)
+        try:
+            status = await connection.request("wait", app=record.id, timeout=timeout)
+            _finish(rt, record, status)
+            return
+        except TimeoutError:
+            log.info("container %s: stop signal not heeded in %ss; killing", record.id, timeout)
+    with contextlib.suppress(FailedPrecondition):
+        await connection.request("signal", app=record.id, signal="KILL")
+    status = await connection.request("wait", app=record.id, timeout=KILL_WAIT)
+    _finish(rt, record, status)
+
+
+def _finish(rt: Runtime, record: ContainerRecord, status: dict[str, Any]) -> None:
+    fresh = rt.store.get_container(record.id)
+    if fresh is not None and fresh.state != "exited":
+        rt.record_exit(fresh, status)
+    if fresh is not None:
+        record.__dict__.update(fresh.__dict__)
+    record.state = "exited"
+
+
+async def remove(rt: Runtime, request: api_pb2.RemoveContainerRequest) -> Any:
+    validate.required_id(request.container_id, "container_id")
+    try:
+        record = rt.container(request.container_id)
+    except NotFound:
+        return api_pb2.RemoveContainerResponse()  # idempotent
+    async with rt.lock(record.id):
+        fresh = rt.store.get_container(record.id)
+        if fresh is None:
+            return api_pb2.RemoveContainerResponse()
+        if fresh.state in ("running", "created"):
+            await stop_record(rt, fresh, timeout=0)
+        await remove_record(rt, fresh)
+    rt.forget_lock(record.id)
+    return api_pb2.RemoveContainerResponse()
+
+
+async def remove_record(rt: Runtime, record: ContainerRecord) -> None:
+    connection = rt.monitors.get(record.sandbox_id)
+    if connection is not None and not connection.closed:
+        try:
+            await connection.request("remove", app=record.id)
+        except NotFound:
+            pass
+    with contextlib.suppress(FileNotFoundError):
+        await asyncio.to_thread(rt.rootfs.remove, record.id)
+    shutil.rmtree(rt.bundle_dir(record.id), ignore_errors=True)
+    rt.store.delete_container(record.id)
+    rt.publish(record, api_pb2.ContainerEventType.CONTAINER_DELETED_EVENT)
+
+
+# -- Status / List ------------------------------------------------------------------------
+
+
+def container_status_proto(rt: Runtime, record: ContainerRecord) -> api_pb2.ContainerStatus:
+    config = api_pb2.ContainerConfig.FromString(record.config)
+    status = api_pb2.ContainerStatus(
+        id=record.id,
+        metadata=config.metadata,
+        state=CONTAINER_STATES.get(record.state, api_pb2.ContainerState.CONTAINER_UNKNOWN),
+        created_at=record.created_at,
+        started_at=record.started_at,
+        finished_at=record.finished_at,
+        exit_code=record.exit_code if record.state == "exited" else 0,
+        image=api_pb2.ImageSpec(image=record.image, annotations=config.image.annotations),
+        image_ref=record.image_ref,
+        image_id=record.image_id,
+        reason=record.reason if record.state == "exited" else "",
+        message=record.message,
+        labels=config.labels,
+        annotations=config.annotations,
+        mounts=config.mounts,
+        log_path=record.log_path,
+    )
+    if config.HasField("linux") and config.linux.HasField("resources"):
+        status.resources.linux.CopyFrom(config.linux.resources)
+    return status
+
+
+async def status(rt: Runtime, request: api_pb2.ContainerStatusRequest) -> Any:
+    record = rt.container(request.container_id)
+    response = api_pb2.ContainerStatusResponse(status=container_status_proto(rt, record))
+    if request.verbose:
+        response.info["info"] = json.dumps(
+            {"sandboxID": record.sandbox_id, "state": record.state, **record.info}, sort_keys=True
+        )
+    return response
+
+
+async def list_(rt: Runtime, request: api_pb2.ListContainersRequest) -> Any:
+    flt = request.filter if request.HasField("filter") else None
+    out = []
+    for record in rt.store.list_containers():
+        if record.state == "creating":
+            continue
+        if flt is not None:
+            if flt.id and not record.id.startswith(flt.id):
+                continue
+            if flt.pod_sandbox_id and not record.sandbox_id.startswith(flt.pod_sandbox_id):
+                continue
+            if flt.HasField("state") and CONTAINER_STATES.get(record.state) != flt.state.state:
+                continue
+        config = api_pb2.ContainerConfig.FromString(record.config)
+        if flt is not None and not all(
+            config.labels.get(k) == v for k, v in flt.label_selector.items()
+        ):
+            continue
+        out.append(
+            api_pb2.Container(
+                id=record.id,
+                pod_sandbox_id=record.sandbox_id,
+                metadata=config.metadata,
+                image=api_pb2.ImageSpec(image=record.image),
+                image_ref=record.image_ref,
+                image_id=record.image_id,
+                state=CONTAINER_STATES.get(record.state, api_pb2.ContainerState.CONTAINER_UNKNOWN),
+                created_at=record.created_at,
+                labels=config.labels,
+                annotations=config.annotations,
+            )
+        )
+    return api_pb2.ListContainersResponse(containers=out)
+
+
+# -- Update, Reopen -----------------------------------------------------------------------
+
+
+async def update_resources(rt: Runtime, request: api_pb2.UpdateContainerResourcesRequest) -> Any:
+    record = rt.container(request.container_id)
+    if record.state not in ("created", "running"):
+        raise FailedPrecondition(f"container_id: container {record.id} is {record.state}")
+    if not request.HasField("linux"):
+        return api_pb2.UpdateContainerResourcesResponse()
+    from cri.oci.host import detect_host
+    from cri.oci.resources import linux_resources
+    from cri.oci.runc import Runc
+
+    resources = linux_resources(request.linux, detect_host(), field="linux")
+    binary = rt.config.handler_binary(rt.sandbox(record.sandbox_id).runtime_handler)
+    await Runc(rt.runc_root, binary=binary).update(record.id, resources)
+    config = api_pb2.ContainerConfig.FromString(record.config)
+    config.linux.resources.CopyFrom(request.linux)
+    record.config = config.SerializeToString()
+    rt.store.update_container_config(record)
+    return api_pb2.UpdateContainerResourcesResponse()
+
+
+async def reopen_log(rt: Runtime, request: api_pb2.ReopenContainerLogRequest) -> Any:
+    record = rt.container(request.container_id)
+    if record.state != "running":
+        raise FailedPrecondition(f"container_id: container {record.id} is not running")
+    if not record.log_path:
+        raise FailedPrecondition(f"container_id: container {record.id} has no log path")
+    await rt.monitor(record.sandbox_id).request("reopen", app=record.id)
+    return api_pb2.ReopenContainerLogResponse()
+
+
+__all__ = ["INFRA_APP", "container_status_proto", "create", "remove", "start", "stop"]

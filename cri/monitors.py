@@ -1,0 +1,145 @@
+"""The daemon's side of the per-pod monitors: start them, talk to them, hear exits.
+
+Each pod has one :class:`MonitorConnection` (asyncio, one unix socket) for
+requests, and the same connection subscribed to events.  A monitor outlives the
+daemon: on restart the daemon connects to the existing socket again and asks
+for the status of every app; nothing in the monitor depends on the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from cri.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    RktletError,
+    Unavailable,
+)
+from iottymux.monitor_cmd import start_detached
+
+log = logging.getLogger("rktlet.monitors")
+
+_ERRORS: dict[str, type[RktletError]] = {
+    "InvalidArgument": InvalidArgument,
+    "NotFound": NotFound,
+    "AlreadyExists": AlreadyExists,
+    "FailedPrecondition": FailedPrecondition,
+    "ResourceExhausted": ResourceExhausted,
+}
+
+
+class MonitorError(RktletError):
+    """The monitor answered with an error the daemon does not classify."""
+
+
+EventHandler = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class MonitorConnection:
+    """Requests to one monitor, answered in any order, plus its event stream."""
+
+    def __init__(self, sandbox_id: str, run_dir: str, on_event: EventHandler) -> None:
+        self.sandbox_id = sandbox_id
+        self.run_dir = run_dir
+        self.control_path = os.path.join(run_dir, "control.sock")
+        self._on_event = on_event
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._next_id = 0
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self.closed = False
+
+    async def connect(self) -> None:
+        # Reach a deep path through a directory fd: sun_path holds 108 bytes.
+        dir_fd = os.open(self.run_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            self._reader, self._writer = await asyncio.open_unix_connection(
+                f"/proc/self/fd/{dir_fd}/control.sock", limit=1 << 22
+            )
+        finally:
+            os.close(dir_fd)
+        self._task = asyncio.create_task(self._read_loop(), name=f"monitor-{self.sandbox_id}")
+        await self.request("subscribe")
+
+    async def close(self) -> None:
+        self.closed = True
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(Exception):
+                await self._writer.wait_closed()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    async def request(
+        self, op: str, *, timeout: float | None = 120.0, **fields: Any
+    ) -> dict[str, Any]:
+        if self._writer is None or self.closed:
+            raise Unavailable(f"pod {self.sandbox_id}: monitor is not connected")
+        self._next_id += 1
+        request_id = self._next_id
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        line = json.dumps({"id": request_id, "op": op, **fields}).encode() + b"\n"
+        try:
+            self._writer.write(line)
+            await self._writer.drain()
+            reply = await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise  # an OSError subclass, but the caller's deadline, not a lost link
+        except (ConnectionError, OSError) as exc:
+            raise Unavailable(f"pod {self.sandbox_id}: monitor connection lost: {exc}") from None
+        finally:
+            self._pending.pop(request_id, None)
+        if not reply.get("ok"):
+            error = reply.get("error") or {}
+            cls = _ERRORS.get(str(error.get("code")), MonitorError)
+            raise cls(str(error.get("message", "monitor error")))
+        return reply
+
+    async def _read_loop(self) -> None:
+        assert self._reader is not None
+        try:
+            while line := await self._reader.readline():
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    log.warning("pod %s: monitor sent a bad line", self.sandbox_id)
+                    continue
+                if "event" in message:
+                    try:
+                        await self._on_event(message)
+                    except Exception:
+                        log.exception("pod %s: handling monitor event failed", self.sandbox_id)
+                    continue
+                future = self._pending.get(message.get("id"))
+                if future is not None and not future.done():
+                    future.set_result(message)
+        except (ConnectionError, OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self.closed = True
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(ConnectionError("monitor closed the connection"))
+
+
+async def start_monitor(run_dir: str) -> int:
+    """Start a detached monitor for a pod; its pid once the socket is up."""
+    try:
+        return await asyncio.to_thread(start_detached, run_dir)
+    except (RuntimeError, OSError) as exc:
+        raise Unavailable(f"cannot start the pod monitor: {exc}") from None

@@ -1,0 +1,409 @@
+"""Pod sandbox RPCs: RunPodSandbox, Stop, Remove, Status, List.
+
+A pod is: a pinned network namespace set up by CNI (unless it uses the host's),
+its resolv.conf / hosts / hostname files, one iottymux monitor, and an infra
+container (``catatonit -P`` under the OCI runtime) that holds the pod's IPC and
+UTS (and, when shared, PID) namespaces for the containers to join.
+
+Creation is a sequence of steps, each pushing its undo; any failure runs the
+undos in reverse, so a failed RunPodSandbox leaves nothing behind.  The record
+is committed as ``creating`` first, so that a daemon killed half-way finds and
+rolls it back on restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import shutil
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from cri import validate
+from cri.api import api_pb2
+from cri.errors import AlreadyExists, InvalidArgument, NotFound, Unimplemented
+from cri.monitors import start_monitor
+from cri.network import netns, podfiles
+from cri.oci import spec as oci_spec
+from cri.runtime import INFRA_APP, Runtime
+from cri.store import SandboxRecord, now_ns
+
+log = logging.getLogger("rktlet.sandboxes")
+
+Undo = Callable[[], Awaitable[None]]
+
+NODE = api_pb2.NamespaceMode.NODE
+POD = api_pb2.NamespaceMode.POD
+
+
+# -- validation ---------------------------------------------------------------------
+
+
+def check_config(config: api_pb2.PodSandboxConfig) -> None:
+    meta = config.metadata
+    validate.name(meta.name, "config.metadata.name")
+    validate.name(meta.namespace, "config.metadata.namespace")
+    validate.name(meta.uid, "config.metadata.uid")
+    validate.bounded(config.hostname, "config.hostname", 253)
+    if config.log_directory:
+        validate.absolute_path(config.log_directory, "config.log_directory")
+    validate.mapping(dict(config.labels), "config.labels")
+    validate.mapping(dict(config.annotations), "config.annotations")
+    for i, mapping in enumerate(config.port_mappings):
+        where = f"config.port_mappings[{i}]"
+        if not 0 < mapping.container_port < 65536:
+            raise InvalidArgument(f"{where}.container_port: {mapping.container_port} out of range")
+        if not 0 <= mapping.host_port < 65536:
+            raise InvalidArgument(f"{where}.host_port: {mapping.host_port} out of range")
+
+
+# -- RunPodSandbox --------------------------------------------------------------------
+
+
+async def run(rt: Runtime, request: api_pb2.RunPodSandboxRequest) -> Any:
+    if not request.HasField("config"):
+        raise InvalidArgument("config: is required")
+    config = request.config
+    check_config(config)
+    rt.config.handler_binary(request.runtime_handler)  # InvalidArgument if unknown
+    meta = config.metadata
+    existing = rt.store.sandbox_by_name(meta.namespace, meta.name, meta.uid, meta.attempt)
+    if existing is not None:
+        raise AlreadyExists(
+            f"config.metadata: pod {meta.namespace}/{meta.name} (uid {meta.uid}, attempt "
+            f"{meta.attempt}) already exists as {existing.id}"
+        )
+    sandbox_id = secrets.token_hex(32)
+    record = SandboxRecord(
+        id=sandbox_id,
+        name=meta.name,
+        namespace=meta.namespace,
+        uid=meta.uid,
+        attempt=meta.attempt,
+        state="creating",
+        created_at=now_ns(),
+        config=config.SerializeToString(),
+        runtime_handler=request.runtime_handler,
+        info={"run_dir": rt.pod_run_dir(sandbox_id)},
+    )
+    try:
+        rt.store.add_sandbox(record)
+    except Exception as exc:  # the unique index: a concurrent RunPodSandbox won
+        raise AlreadyExists(f"config.metadata: pod {meta.namespace}/{meta.name} exists") from exc
+    undo: list[Undo] = []
+    async with rt.lock(sandbox_id):
+        try:
+            await _create(rt, record, config, undo)
+        except BaseException:
+            await _unwind(undo, sandbox_id)
+            rt.store.delete_sandbox(sandbox_id)
+            rt.forget_lock(sandbox_id)
+            raise
+    return api_pb2.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)
+
+
+async def _unwind(undo: list[Undo], sandbox_id: str) -> None:
+    for step in reversed(undo):
+        try:
+            await step()
+        except Exception:
+            log.exception("pod %s: rollback step failed", sandbox_id)
+
+
+async def _create(
+    rt: Runtime, record: SandboxRecord, config: api_pb2.PodSandboxConfig, undo: list[Undo]
+) -> None:
+    sandbox_id = record.id
+    ns_options = config.linux.security_context.namespace_options
+    host_network = ns_options.network == NODE
+    state_dir = rt.pod_state_dir(sandbox_id)
+    state_dir.mkdir(parents=True, exist_ok=True)
+
+    async def remove_state_dir() -> None:
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+    undo.append(remove_state_dir)
+    hostname = config.hostname or (socket.gethostname() if host_network else config.metadata.name)
+    podfiles.validate_hostname(hostname)
+    podfiles.validate_dns_config(config.dns_config if config.HasField("dns_config") else None)
+    record.info.update(host_network=host_network, hostname=hostname, ip="", additional_ips=[])
+
+    if not host_network:
+        netns_path = await asyncio.to_thread(netns.create_netns, rt.run_dir, sandbox_id)
+        record.info["netns"] = str(netns_path)
+
+        async def drop_netns() -> None:
+            await asyncio.to_thread(netns.remove_netns, netns_path)
+
+        undo.append(drop_netns)
+        rt.store.update_sandbox(record)  # recovery needs the netns path
+        ports = list(config.port_mappings)
+        result = await rt.network.setup(
+            sandbox_id,
+            str(netns_path),
+            config.metadata.namespace,
+            config.metadata.name,
+            config.metadata.uid,
+            ports,
+        )
+
+        async def network_down() -> None:
+            await rt.network.teardown(
+                sandbox_id,
+                str(netns_path),
+                config.metadata.namespace,
+                config.metadata.name,
+                config.metadata.uid,
+                ports,
+            )
+
+        undo.append(network_down)
+        record.info["ip"] = result.ip
+        record.info["additional_ips"] = list(result.additional_ips)
+    podfiles.write_pod_files(
+        state_dir,
+        hostname=hostname,
+        pod_ips=[record.info["ip"], *record.info["additional_ips"]] if record.info["ip"] else [],
+        dns_config=config.dns_config if config.HasField("dns_config") else None,
+        host_network=host_network,
+    )
+
+    # The monitor: one per pod, detached; it outlives this daemon.
+    run_dir = rt.pod_run_dir(sandbox_id)
+    monitor_pid = await start_monitor(run_dir)
+    record.info["monitor_pid"] = monitor_pid
+
+    async def stop_monitor() -> None:
+        connection = rt.monitors.pop(sandbox_id, None)
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.request("shutdown", timeout=30)
+            await connection.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+    undo.append(stop_monitor)
+    connection = await rt.connect_monitor(sandbox_id)
+
+    # The infra container holds the pod's namespaces.
+    bundle = state_dir / "infra"
+    bundle.mkdir(exist_ok=True)
+    cgroups_path = rt.cgroups_path(config.linux.cgroup_parent, sandbox_id)
+    record.info["cgroups_path"] = cgroups_path
+    rootfs = await asyncio.to_thread(oci_spec.prepare_sandbox_rootfs, rt.root / "infra-rootfs")
+    spec = oci_spec.build_sandbox_spec(
+        config,
+        oci_spec.SandboxContext(
+            rootfs=rootfs,
+            sandbox_id=sandbox_id,
+            cgroups_path=cgroups_path,
+            network_ns=record.info.get("netns") or None,
+        ),
+        warn=lambda message: log.warning("pod %s: %s", sandbox_id, message),
+    )
+    (bundle / "config.json").write_text(json.dumps(spec))
+    oci = {
+        "runtime": rt.config.handler_binary(record.runtime_handler),
+        "root": rt.runc_root,
+        "bundle": str(bundle),
+        "id": sandbox_id,
+    }
+    created = await connection.request(
+        "add", app=INFRA_APP, oci=oci, stdin="null", stdout="null", stderr="null"
+    )
+    record.info["infra_pid"] = created.get("pid", 0)
+
+    async def drop_infra() -> None:
+        with contextlib.suppress(Exception):
+            await connection.request("signal", app=INFRA_APP, signal="KILL")
+            await connection.request("wait", app=INFRA_APP, timeout=30)
+        with contextlib.suppress(Exception):
+            await connection.request("remove", app=INFRA_APP)
+
+    undo.append(drop_infra)
+    await connection.request("start", app=INFRA_APP)
+    record.state = "ready"
+    rt.store.update_sandbox(record)
+
+
+async def rollback_half_created(rt: Runtime, record: SandboxRecord) -> None:
+    """Undo what a daemon that died during RunPodSandbox had made."""
+    await _teardown(rt, record, remove=True)
+    rt.store.delete_sandbox(record.id)
+
+
+# -- Stop and Remove --------------------------------------------------------------------
+
+
+async def stop(rt: Runtime, request: api_pb2.StopPodSandboxRequest) -> Any:
+    validate.required_id(request.pod_sandbox_id, "pod_sandbox_id")
+    try:
+        record = rt.sandbox(request.pod_sandbox_id)
+    except NotFound:
+        return api_pb2.StopPodSandboxResponse()  # idempotent, as CRI asks
+    async with rt.lock(record.id):
+        record = rt.store.get_sandbox(record.id) or record
+        await _teardown(rt, record, remove=False)
+    return api_pb2.StopPodSandboxResponse()
+
+
+async def remove(rt: Runtime, request: api_pb2.RemovePodSandboxRequest) -> Any:
+    validate.required_id(request.pod_sandbox_id, "pod_sandbox_id")
+    try:
+        record = rt.sandbox(request.pod_sandbox_id)
+    except NotFound:
+        return api_pb2.RemovePodSandboxResponse()
+    async with rt.lock(record.id):
+        record = rt.store.get_sandbox(record.id) or record
+        await _teardown(rt, record, remove=True)
+        rt.store.delete_sandbox(record.id)
+    rt.forget_lock(record.id)
+    return api_pb2.RemovePodSandboxResponse()
+
+
+async def _teardown(rt: Runtime, record: SandboxRecord, *, remove: bool) -> None:
+    from cri.containers import remove_record, stop_record
+
+    for container in rt.store.list_containers(record.id):
+        if container.state in ("running", "created"):
+            await stop_record(rt, container, timeout=0)
+        if remove:
+            await remove_record(rt, container)
+    connection = rt.monitors.get(record.id)
+    if connection is None and Path(rt.pod_run_dir(record.id), "control.sock").exists():
+        with contextlib.suppress(Exception):
+            connection = await rt.connect_monitor(record.id)
+    if connection is not None and not connection.closed:
+        with contextlib.suppress(Exception):
+            await connection.request("signal", app=INFRA_APP, signal="KILL")
+        with contextlib.suppress(Exception):
+            await connection.request("wait", app=INFRA_APP, timeout=30)
+    netns_path = record.info.get("netns", "")
+    if netns_path and not record.info.get("network_down"):
+        config = api_pb2.PodSandboxConfig.FromString(record.config)
+        try:
+            await rt.network.teardown(
+                record.id,
+                netns_path,
+                config.metadata.namespace,
+                config.metadata.name,
+                config.metadata.uid,
+                list(config.port_mappings),
+            )
+        except Exception as exc:
+            log.warning("pod %s: CNI teardown: %s", record.id, exc)
+        await asyncio.to_thread(netns.remove_netns, netns_path)
+        record.info["network_down"] = True
+    if remove:
+        if connection is not None and not connection.closed:
+            with contextlib.suppress(Exception):
+                await connection.request("remove", app=INFRA_APP)
+            with contextlib.suppress(Exception):
+                await connection.request("shutdown", timeout=30)
+        if connection is not None:
+            await connection.close()
+        rt.monitors.pop(record.id, None)
+        shutil.rmtree(rt.pod_run_dir(record.id), ignore_errors=True)
+        shutil.rmtree(rt.pod_state_dir(record.id), ignore_errors=True)
+    elif record.state != "notready":
+        record.state = "notready"
+    if not remove:
+        rt.store.update_sandbox(record)
+
+
+# -- Status and List -----------------------------------------------------------------------
+
+
+def sandbox_status_proto(rt: Runtime, record: SandboxRecord) -> api_pb2.PodSandboxStatus:
+    config = api_pb2.PodSandboxConfig.FromString(record.config)
+    ns = config.linux.security_context.namespace_options
+    status = api_pb2.PodSandboxStatus(
+        id=record.id,
+        metadata=config.metadata,
+        state=api_pb2.PodSandboxState.SANDBOX_READY
+        if record.state == "ready"
+        else api_pb2.PodSandboxState.SANDBOX_NOTREADY,
+        created_at=record.created_at,
+        network=api_pb2.PodSandboxNetworkStatus(
+            ip=record.info.get("ip", ""),
+            additional_ips=[api_pb2.PodIP(ip=ip) for ip in record.info.get("additional_ips", [])],
+        ),
+        linux=api_pb2.LinuxPodSandboxStatus(
+            namespaces=api_pb2.Namespace(
+                options=api_pb2.NamespaceOption(
+                    network=ns.network, pid=ns.pid, ipc=ns.ipc, target_id=ns.target_id
+                )
+            )
+        ),
+        labels=config.labels,
+        annotations=config.annotations,
+        runtime_handler=record.runtime_handler,
+    )
+    return status
+
+
+async def status(rt: Runtime, request: api_pb2.PodSandboxStatusRequest) -> Any:
+    record = rt.sandbox(request.pod_sandbox_id)
+    response = api_pb2.PodSandboxStatusResponse(status=sandbox_status_proto(rt, record))
+    if request.verbose:
+        response.info["info"] = json.dumps(
+            {"state": record.state, "runtimeHandler": record.runtime_handler, **record.info},
+            sort_keys=True,
+        )
+    from cri.containers import container_status_proto
+
+    response.containers_statuses.extend(
+        container_status_proto(rt, c) for c in rt.store.list_containers(record.id)
+    )
+    response.timestamp = now_ns()
+    return response
+
+
+def _matches_labels(labels: Any, selector: Any) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+async def list_(rt: Runtime, request: api_pb2.ListPodSandboxRequest) -> Any:
+    records = rt.store.list_sandboxes()
+    items = []
+    flt = request.filter if request.HasField("filter") else None
+    for record in records:
+        if record.state == "creating":
+            continue
+        if flt is not None:
+            if flt.id and not record.id.startswith(flt.id):
+                continue
+            ready = record.state == "ready"
+            if (
+                flt.HasField("state")
+                and (flt.state.state == api_pb2.PodSandboxState.SANDBOX_READY) != ready
+            ):
+                continue
+        config = api_pb2.PodSandboxConfig.FromString(record.config)
+        if flt is not None and not _matches_labels(config.labels, flt.label_selector):
+            continue
+        items.append(
+            api_pb2.PodSandbox(
+                id=record.id,
+                metadata=config.metadata,
+                state=api_pb2.PodSandboxState.SANDBOX_READY
+                if record.state == "ready"
+                else api_pb2.PodSandboxState.SANDBOX_NOTREADY,
+                created_at=record.created_at,
+                labels=config.labels,
+                annotations=config.annotations,
+                runtime_handler=record.runtime_handler,
+            )
+        )
+    return api_pb2.ListPodSandboxResponse(items=items)
+
+
+async def update_resources(rt: Runtime, request: Any) -> Any:
+    raise Unimplemented(
+        "UpdatePodSandboxResources: in-place pod resize is not supported; "
+        "container resources can be changed with UpdateContainerResources"
+    )

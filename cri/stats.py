@@ -1,0 +1,186 @@
+"""Stats RPCs: ContainerStats, ListContainerStats, PodSandboxStats, ListPodSandboxStats.
+
+Figures come straight from the cgroup files (v1, v2 or hybrid, see
+:mod:`cri.cgroups`).  ``usage_nano_cores`` needs two samples: the runtime keeps
+the previous CPU sample of every cgroup it was asked about.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cri import cgroups
+from cri.api import api_pb2
+from cri.runtime import Runtime
+from cri.store import ContainerRecord, SandboxRecord, now_ns
+
+
+def _u64(value: int | None) -> api_pb2.UInt64Value | None:
+    return None if value is None else api_pb2.UInt64Value(value=max(0, value))
+
+
+def _cgroup_stats(rt: Runtime, cgroups_path: str) -> cgroups.CgroupStats:
+    directory = rt.cgroup_dir(cgroups_path)
+    stats = cgroups.read_stats(
+        directory, rt.cgroup_layout, previous_cpu=rt.cpu_samples.get(directory)
+    )
+    if stats.cpu is not None:
+        rt.cpu_samples[directory] = stats.cpu
+    return stats
+
+
+def _cpu(stats: cgroups.CgroupStats) -> api_pb2.CpuUsage | None:
+    if stats.cpu is None:
+        return None
+    return api_pb2.CpuUsage(
+        timestamp=stats.cpu.timestamp_ns,
+        usage_core_nano_seconds=_u64(stats.cpu.usage_core_ns),
+        usage_nano_cores=_u64(stats.cpu.usage_nano_cores),
+    )
+
+
+def _memory(stats: cgroups.CgroupStats) -> api_pb2.MemoryUsage | None:
+    memory = stats.memory
+    if memory is None:
+        return None
+    return api_pb2.MemoryUsage(
+        timestamp=memory.timestamp_ns,
+        working_set_bytes=_u64(memory.working_set_bytes),
+        available_bytes=_u64(memory.available_bytes),
+        usage_bytes=_u64(memory.usage_bytes),
+        rss_bytes=_u64(memory.rss_bytes),
+        page_faults=_u64(memory.page_faults),
+        major_page_faults=_u64(memory.major_page_faults),
+    )
+
+
+def container_stats_proto(rt: Runtime, record: ContainerRecord) -> api_pb2.ContainerStats:
+    config = api_pb2.ContainerConfig.FromString(record.config)
+    result = api_pb2.ContainerStats(
+        attributes=api_pb2.ContainerAttributes(
+            id=record.id,
+            metadata=config.metadata,
+            labels=config.labels,
+            annotations=config.annotations,
+        )
+    )
+    path = record.info.get("cgroups_path", "")
+    if path and record.state == "running":
+        stats = _cgroup_stats(rt, path)
+        cpu, memory = _cpu(stats), _memory(stats)
+        if cpu is not None:
+            result.cpu.CopyFrom(cpu)
+        if memory is not None:
+            result.memory.CopyFrom(memory)
+    rootfs = record.info.get("rootfs", "")
+    if rootfs:
+        result.writable_layer.CopyFrom(_writable_layer(rt, record))
+    return result
+
+
+def _writable_layer(rt: Runtime, record: ContainerRecord) -> api_pb2.FilesystemUsage:
+    upper = rt.rootfs.dir / record.id / "upper"
+    used, inodes = 0, 0
+    for directory, dirs, files in _walk(upper):
+        inodes += len(dirs) + len(files)
+        for name in files:
+            try:
+                used += (upper / directory / name).lstat().st_size
+            except OSError:
+                pass
+    return api_pb2.FilesystemUsage(
+        timestamp=now_ns(),
+        fs_id=api_pb2.FilesystemIdentifier(mountpoint=str(rt.rootfs.dir)),
+        used_bytes=api_pb2.UInt64Value(value=used),
+        inodes_used=api_pb2.UInt64Value(value=inodes),
+    )
+
+
+def _walk(root: Any) -> Any:
+    import os
+
+    for directory, dirs, files in os.walk(root):
+        yield os.path.relpath(directory, root), dirs, files
+
+
+async def container_stats(rt: Runtime, request: api_pb2.ContainerStatsRequest) -> Any:
+    record = rt.container(request.container_id)
+    return api_pb2.ContainerStatsResponse(stats=container_stats_proto(rt, record))
+
+
+async def list_container_stats(rt: Runtime, request: api_pb2.ListContainerStatsRequest) -> Any:
+    flt = request.filter if request.HasField("filter") else None
+    out = []
+    for record in rt.store.list_containers():
+        if record.state != "running":
+            continue
+        if flt is not None:
+            if flt.id and not record.id.startswith(flt.id):
+                continue
+            if flt.pod_sandbox_id and not record.sandbox_id.startswith(flt.pod_sandbox_id):
+                continue
+            config = api_pb2.ContainerConfig.FromString(record.config)
+            if not all(config.labels.get(k) == v for k, v in flt.label_selector.items()):
+                continue
+        out.append(container_stats_proto(rt, record))
+    return api_pb2.ListContainerStatsResponse(stats=out)
+
+
+def pod_stats_proto(rt: Runtime, record: SandboxRecord) -> api_pb2.PodSandboxStats:
+    config = api_pb2.PodSandboxConfig.FromString(record.config)
+    result = api_pb2.PodSandboxStats(
+        attributes=api_pb2.PodSandboxAttributes(
+            id=record.id,
+            metadata=config.metadata,
+            labels=config.labels,
+            annotations=config.annotations,
+        )
+    )
+    linux = result.linux
+    if record.state == "ready":
+        # The pod's figures: the pod cgroup when the kubelet gave one, else the sum
+        # of what runs in it (infra container + containers).
+        parent = config.linux.cgroup_parent
+        containers = [c for c in rt.store.list_containers(record.id) if c.state == "running"]
+        if parent:
+            stats = cgroups.read_stats(
+                cgroups.pod_cgroup_dir(parent, rt.cgroup_driver), rt.cgroup_layout
+            )
+            cpu, memory = _cpu(stats), _memory(stats)
+            if cpu is not None:
+                linux.cpu.CopyFrom(cpu)
+            if memory is not None:
+                linux.memory.CopyFrom(memory)
+        for container in containers:
+            linux.containers.append(container_stats_proto(rt, container))
+        if not parent and linux.containers:
+            linux.cpu.timestamp = now_ns()
+            linux.cpu.usage_core_nano_seconds.value = sum(
+                c.cpu.usage_core_nano_seconds.value for c in linux.containers
+            )
+            linux.memory.timestamp = now_ns()
+            linux.memory.working_set_bytes.value = sum(
+                c.memory.working_set_bytes.value for c in linux.containers
+            )
+    return result
+
+
+async def pod_sandbox_stats(rt: Runtime, request: api_pb2.PodSandboxStatsRequest) -> Any:
+    record = rt.sandbox(request.pod_sandbox_id)
+    return api_pb2.PodSandboxStatsResponse(stats=pod_stats_proto(rt, record))
+
+
+async def list_pod_sandbox_stats(rt: Runtime, request: api_pb2.ListPodSandboxStatsRequest) -> Any:
+    flt = request.filter if request.HasField("filter") else None
+    out = []
+    for record in rt.store.list_sandboxes():
+        if record.state != "ready":
+            continue
+        if flt is not None:
+            if flt.id and not record.id.startswith(flt.id):
+                continue
+            config = api_pb2.PodSandboxConfig.FromString(record.config)
+            if not all(config.labels.get(k) == v for k, v in flt.label_selector.items()):
+                continue
+        out.append(pod_stats_proto(rt, record))
+    return api_pb2.ListPodSandboxStatsResponse(stats=out)
