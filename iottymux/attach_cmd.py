@@ -74,7 +74,8 @@ For a tty app whose stdin is a terminal, the terminal is put in raw mode: every
 key, ctrl-c included, goes to the app; type the detach keys (default
 {DEFAULT_DETACH_KEYS}) to leave the app running.  Otherwise ctrl-c ends this
 command, not the app.  The end of our stdin is passed on to the app (for an app
-created with stdin_once, it ends the app's stdin).
+created with stdin_once, it ends the app's stdin).  The monitor cannot tell a
+detach from a disconnect, so detaching from a stdin_once app ends its stdin too.
 
 --mode takes auto (the default: everything the app offers), list (print the
 app's endpoints as JSON and exit), rkt's tty, tty-in and tty-out, or a comma
@@ -578,15 +579,16 @@ class Session:
                 self._on_frames(early_frames)
             while self.result is None:
                 events = self.selector.select()
-                # Signals first: a resize must reach the app before keys typed after it.
-                events.sort(key=lambda event: event[0].data is not None)
+                # Signals first, and even when select did not report the pipe:
+                # a signal that came as select returned has its byte in the pipe
+                # already, and the resize it stands for must reach the app
+                # before keys typed after it.
+                self._on_wakeup()
                 for key, mask in events:
-                    if key.data is None:
-                        self._on_wakeup()
-                    else:
-                        key.data(mask)
                     if self.result is not None:
                         break
+                    if key.data is not None:
+                        key.data(mask)
         except _Interrupted as exc:
             self._finish(128 + exc.signum)
         finally:
@@ -723,7 +725,7 @@ def _attach(args: argparse.Namespace) -> int:
         stdin=want_stdin,
         stdout=want_stdout,
         stderr=want_stderr,
-        replay=False,
+        replay=args.replay,
         timeout=args.timeout,
     )
     try:

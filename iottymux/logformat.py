@@ -432,10 +432,11 @@ _FIXED_FULL_ERR: Final = b"\n" + _FIXED_PREFIX_SHAPE + b" stderr F "
 FIXED_FULL_PREFIX_LEN: Final = TIMESTAMP_WIDTH + 10
 
 
-def count_fixed_full_records(block: bytes) -> tuple[int, int] | None:
+def count_fixed_full_records(block: bytes, lines: int | None = None) -> tuple[int, int] | None:
     """Classify a block of whole records in three C-level passes, with no per-line loop.
 
-    ``block`` must start at a record boundary and end with ``\\n``.  Returns
+    ``block`` must start at a record boundary and end with ``\\n``; ``lines`` is
+    its newline count if the caller has it.  Returns
     ``(stdout, stderr)`` record counts when *every* line is an untagged ``F``
     record with a fixed-width UTC timestamp (what :class:`LineFramer` writes for
     lines that fit), else ``None``: the caller then decodes record by record.
@@ -444,9 +445,12 @@ def count_fixed_full_records(block: bytes) -> tuple[int, int] | None:
     strings; an occurrence preceded by ``\\n`` can only start at a line, so when
     the occurrences add up to the line count, every line has a valid prefix.
     """
-    lines = block.count(b"\n")
+    if lines is None:
+        lines = block.count(b"\n")
     shape = block.translate(_DIGITS_TO_ZERO)
     n_out = shape.count(_FIXED_FULL_OUT) + shape.startswith(_FIXED_FULL_OUT[1:])
+    if n_out == lines:
+        return n_out, 0
     n_err = shape.count(_FIXED_FULL_ERR) + shape.startswith(_FIXED_FULL_ERR[1:])
     if n_out + n_err != lines:
         return None
@@ -454,13 +458,18 @@ def count_fixed_full_records(block: bytes) -> tuple[int, int] | None:
 
 
 def strip_fixed_full_records(
-    block: bytes, *, keep_timestamp: bool = False, line_prefix: bytes = b""
+    block: bytes,
+    *,
+    keep_timestamp: bool = False,
+    line_prefix: bytes = b"",
+    split: list[bytes] | None = None,
 ) -> bytes:
     """Turn a block accepted by :func:`count_fixed_full_records` into output lines.
 
     Each line becomes ``line_prefix + [timestamp + " "] + content + "\\n"``.
+    ``split`` is ``block.split(b"\\n")`` if the caller has it (it is consumed).
     """
-    lines = block.split(b"\n")
+    lines = block.split(b"\n") if split is None else split
     lines.pop()
     cut = FIXED_FULL_PREFIX_LEN
     if keep_timestamp:

@@ -100,8 +100,9 @@ BACKWARD_BLOCK: Final = 64 << 10
 #: Below this many bytes, a binary search finishes with a linear scan.
 _BISECT_LINEAR: Final = 64 << 10
 #: How far back ``--since`` looks for a stream whose line may have started before the
-#: boundary, when no piece of that stream was seen yet.
-SINCE_LOOKBACK: Final = 1 << 20
+#: boundary, when no record of that stream was seen yet (a stream that never writes
+#: would otherwise send the search back to the start of the file).
+SINCE_LOOKBACK: Final = 256 << 10
 #: A stream's unfinished line is emitted (incomplete) once its pieces exceed this.
 MAX_PENDING: Final = 8 << 20
 #: How long a rotated file must stay quiet before the follower leaves it without
@@ -776,6 +777,20 @@ def _bisect(
     return answer
 
 
+def _first_line_after(data: bytes, until: int, parser: TimestampParser) -> int:
+    """Offset of the first line in ``data`` stamped after ``until`` (a linear scan)."""
+    pos = 0
+    while pos < len(data):
+        ts = _record_time(data[pos : pos + 64], parser)
+        if ts is not None and ts > until:
+            return pos
+        newline = data.find(b"\n", pos)
+        if newline < 0:
+            break
+        pos = newline + 1
+    return len(data)
+
+
 # ---------------------------------------------------------------------------
 # Planning a read: where each segment's read starts and ends
 
@@ -954,6 +969,11 @@ class SourceReader:
             item = opened[index]
             if item.file is not None:
                 end = (index, _bisect(item.file, 0, item.end, lambda t: t > until, self._parser))
+            elif options.tail is not None:
+                # Counting back for --tail needs the exact end; a gzip stream cannot be
+                # searched, but tail decompresses this segment anyway.
+                data = item.gz_data(self.stats, self.on_error)
+                end = (index, _first_line_after(data, until, self._parser))
             else:
                 end = (index, -1)
                 until_checked = True
@@ -1101,7 +1121,8 @@ class SourceReader:
             else:
                 line_base = 1
                 if item._gz_data is not None:
-                    data = item._gz_data[lo:]
+                    hi = end[1] if index == end[0] and end[1] >= 0 else len(item._gz_data)
+                    data = item._gz_data[lo:hi]
                     if lo:
                         line_base = item._gz_data.count(b"\n", 0, lo) + 1
                     chunks: Iterable[tuple[int, bytes]] = [(lo, data)] if data else []
@@ -1458,7 +1479,9 @@ class _Follower:
                 history = [entry for entry in self.tracker.entries if entry.key < key]
             history.append(Segment(self.cur.path, key or (0, 1, 0, ""), False, self.cur.ino))
         else:
-            if options.all_rotated:
+            # No live file: a single gzipped file named directly, or a container whose
+            # live file is missing right now.
+            if options.all_rotated or source.static:
                 history = list(self.tracker.entries)
             self.pos_key = self.tracker.entries[-1].key if self.tracker.entries else None
         self.reader = SourceReader(

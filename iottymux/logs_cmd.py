@@ -17,6 +17,7 @@ import socket
 import sys
 from collections import deque
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from types import FrameType
 from typing import IO, Final
 
@@ -27,6 +28,7 @@ from iottymux.logformat import (
     strip_fixed_full_records,
 )
 from iottymux.logreader import (
+    Block,
     FollowGroup,
     LogLine,
     LogReadError,
@@ -49,6 +51,8 @@ EXIT_NO_DAEMON: Final = 3
 
 DEFAULT_LOG_ROOT: Final = "/var/log/pods"
 DEFAULT_RKTLET_SOCKET: Final = "/run/rktlet/rktlet.sock"
+#: A block the fast path rejects is halved down to this size to find its slow part.
+FAST_SPLIT_MIN: Final = 16 * 1024
 #: Malformed lines reported one by one before only a count is kept.
 MAX_REPORTED: Final = 100
 
@@ -63,7 +67,8 @@ targets:
   FILE                   a CRI log file (N.log, or a rotated N.log.<time>[.gz])
   CONTAINER_DIR          .../<ns>_<pod>_<uid>/<container>/: its newest N.log
   POD_DIR                .../<ns>_<pod>_<uid>/: every container, merged by time
-  NAMESPACE/POD[/CTR]    looked up under --log-root (newest pod uid if several)
+  NAMESPACE/POD[/CTR]    looked up under --log-root (newest pod uid if several;
+                         an existing path of that name wins)
   CONTAINER_ID_OR_NAME   asks a running rktlet daemon (not available yet: exit 3)
 
 --follow keeps reading until interrupted (SIGINT/SIGTERM end it cleanly, exit 0);
@@ -373,24 +378,50 @@ def _read_once(
     decoder = reader.decoder
     want_out = STDOUT in options.streams
     want_err = STDERR in options.streams
+
+    def fast(data: bytes) -> bool | None:
+        """Output ``data`` without decoding; None if it needs the decoder."""
+        split = data.split(b"\n")
+        counts = count_fixed_full_records(data, len(split) - 1)
+        if counts is None:
+            return None
+        n_out, n_err = counts
+        if (want_out or not n_out) and (want_err or not n_err):
+            stripped = strip_fixed_full_records(
+                data, keep_timestamp=timestamps, line_prefix=fast_prefix, split=split
+            )
+            return output.raw(stripped)
+        if not (want_out and n_out) and not (want_err and n_err):
+            return True
+        return None
+
+    def emit(block: Block) -> bool:
+        data = block.data
+        if decoder.idle and data.endswith(b"\n"):
+            done = fast(data)
+            if done is not None:
+                return done
+        if len(data) > FAST_SPLIT_MIN and data.endswith(b"\n"):
+            # Halve at a line boundary: only the part holding P pieces or bad lines
+            # needs the decoder (a long line is a few KiB in a MiB of short ones).
+            cut = data.find(b"\n", len(data) // 2) + 1
+            if 0 < cut < len(data):
+                left, right = data[:cut], data[cut:]
+                lineno = block.lineno
+                right_lineno = lineno + left.count(b"\n") if lineno is not None else None
+                return emit(replace(block, data=left)) and emit(
+                    replace(block, data=right, offset=block.offset + cut, lineno=right_lineno)
+                )
+        return output.lines(decoder.feed(block))
+
     try:
         for block in reader.blocks():
             if block.first_of_restart and not output.lines(reader.restart_boundary()):
                 return
-            if decoder.idle and not block.check_until and block.data.endswith(b"\n"):
-                counts = count_fixed_full_records(block.data)
-                if counts is not None:
-                    n_out, n_err = counts
-                    if (want_out or not n_out) and (want_err or not n_err):
-                        data = strip_fixed_full_records(
-                            block.data, keep_timestamp=timestamps, line_prefix=fast_prefix
-                        )
-                        if not output.raw(data):
-                            return
-                        continue
-                    if not (want_out and n_out) and not (want_err and n_err):
-                        continue
-            if not output.lines(decoder.feed(block)):
+            if block.check_until:
+                if not output.lines(decoder.feed(block)):
+                    return
+            elif not emit(block):
                 return
             if decoder.done:
                 break
