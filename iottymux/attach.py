@@ -26,11 +26,13 @@ instead of loss) until the app has taken half of it.
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import fcntl
 import functools
 import json
 import os
+import socket
 import struct
 import termios
 
@@ -40,7 +42,6 @@ from iottymux.unixsock import listen_unix
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import socket
     from collections.abc import Callable
     from typing import Any
 
@@ -52,6 +53,8 @@ DEFAULT_RING_SIZE = 64 << 10
 STDIN_QUEUE_LIMIT = 1 << 20
 #: How long a disconnected attacher gets to take its last frame (EXIT, ERROR).
 CLOSE_GRACE = 30.0
+#: Requested socket send buffer of each attacher (capped by net.core.wmem_max).
+SEND_BUFFER = 4 << 20
 #: Buffers per sendmsg call (well under IOV_MAX).
 SEND_BATCH = 64
 RECV_SIZE = 1 << 18
@@ -76,6 +79,7 @@ class Attacher:
         "grace",
         "closed",
         "paused",
+        "detached",
     )
 
     def __init__(self, sock: socket.socket) -> None:
@@ -94,6 +98,7 @@ class Attacher:
         self.grace: Timer | None = None
         self.closed = False
         self.paused = False
+        self.detached = False
 
 
 class AttachEndpoint:
@@ -239,8 +244,21 @@ class AttachEndpoint:
             self._flush(attacher)
             if attacher.closed:
                 return
-        if attacher.queued > self.queue_size and not attacher.closing:
+        if not attacher.closing and self._backlog(attacher) > self.queue_size:
             self._overflow(attacher)
+
+    @staticmethod
+    def _backlog(attacher: Attacher) -> int:
+        """Bytes waiting behind the frame being written: how far the client lags.
+
+        The frame at the head is the one the socket takes next; counting it would
+        drop a client that is merely one read behind when reads are as large as
+        the queue.
+        """
+        if not attacher.queue:
+            return 0
+        head, payload = attacher.queue[0]
+        return attacher.queued - (len(head) + len(payload) - attacher.head_sent)
 
     def _overflow(self, attacher: Attacher) -> None:
         self.overflow_disconnects += 1
@@ -318,6 +336,10 @@ class AttachEndpoint:
                 self._log(f"{self.app_name}: attach accept failed: {exc}")
                 return
             sock.setblocking(False)
+            # A deep socket buffer lets a client that keeps up on average ride
+            # out a burst without its queue filling (the kernel caps the size).
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
             attacher = Attacher(sock)
             self.attachers[attacher.fd] = attacher
             self.sessions += 1
@@ -364,6 +386,8 @@ class AttachEndpoint:
             self._resize(rows, cols)
         elif kind == proto.STDIN_CLOSE:
             self._stdin_ended(attacher)
+        elif kind == proto.DETACH:
+            attacher.detached = True
         elif kind == proto.HELLO:
             raise proto.AttachProtocolError("HELLO sent twice")
 
@@ -394,7 +418,8 @@ class AttachEndpoint:
             self._finish(attacher, proto.encode_json(proto.EXIT, self.exit_body))
 
     def _client_gone(self, attacher: Attacher) -> None:
-        self._stdin_ended(attacher)
+        if not attacher.detached:
+            self._stdin_ended(attacher)
         self._drop(attacher)
 
     def _drop(self, attacher: Attacher) -> None:

@@ -74,8 +74,8 @@ For a tty app whose stdin is a terminal, the terminal is put in raw mode: every
 key, ctrl-c included, goes to the app; type the detach keys (default
 {DEFAULT_DETACH_KEYS}) to leave the app running.  Otherwise ctrl-c ends this
 command, not the app.  The end of our stdin is passed on to the app (for an app
-created with stdin_once, it ends the app's stdin).  The monitor cannot tell a
-detach from a disconnect, so detaching from a stdin_once app ends its stdin too.
+created with stdin_once, it ends the app's stdin; so does leaving any other way
+than with the detach keys, which leave the app's stdin open).
 
 --mode takes auto (the default: everything the app offers), list (print the
 app's endpoints as JSON and exit), rkt's tty, tty-in and tty-out, or a comma
@@ -556,11 +556,12 @@ class Session:
             self._detach()
 
     def _detach(self) -> None:
-        # What was typed before the keys still belongs to the app.
-        if self.outbuf and not self.send_closed:
+        # What was typed before the keys still belongs to the app; DETACH tells
+        # the monitor this disconnect is not the end of our stdin.
+        if not self.send_closed:
             with contextlib.suppress(OSError):
                 self.sock.settimeout(5.0)
-                self.sock.sendall(self.outbuf)
+                self.sock.sendall(bytes(self.outbuf) + proto.encode(proto.DETACH))
         self.outbuf.clear()
         self._finish(EXIT_DETACHED, f"detached from app {self.app!r}; it keeps running")
 

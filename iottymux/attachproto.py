@@ -26,6 +26,9 @@ Client to monitor:
     first such end (or the disconnect of an attacher that took stdin) closes
     the app's stdin (on a tty: sends the EOF character).  Otherwise the app's
     stdin stays open for the next attacher.
+``DETACH`` (5)
+    This attacher is leaving on purpose (the user's detach keys): its
+    disconnect does not count as the end of its stdin, even for ``stdin_once``.
 
 Monitor to client:
 
@@ -59,13 +62,14 @@ HELLO: Final = 1
 STDIN: Final = 2
 RESIZE: Final = 3
 STDIN_CLOSE: Final = 4
+DETACH: Final = 5
 READY: Final = 16
 STDOUT: Final = 17
 STDERR: Final = 18
 EXIT: Final = 19
 ERROR: Final = 20
 
-CLIENT_KINDS: Final = frozenset({HELLO, STDIN, RESIZE, STDIN_CLOSE})
+CLIENT_KINDS: Final = frozenset({HELLO, STDIN, RESIZE, STDIN_CLOSE, DETACH})
 SERVER_KINDS: Final = frozenset({READY, STDOUT, STDERR, EXIT, ERROR})
 
 HEADER: Final = struct.Struct(">BI")

@@ -368,3 +368,18 @@ def test_status_counts_attach_sessions(monitor: MonitorHandle, tmp_path: Path) -
         assert counters["attachers"] == 2 and counters["sessions"] == 2
         assert counters["stdin_bytes"] == 2
     assert json.dumps(counters)
+
+
+def test_detach_keeps_a_stdin_once_app_reading(monitor: MonitorHandle, tmp_path: Path) -> None:
+    add_started(monitor, tmp_path, "cat", ["cat"], stdin_once=True)
+    with attach(monitor, "cat") as first:
+        first.send_stdin(b"before detach\n")
+        assert read_until(first, b"\n") == b"before detach\n"
+        first.sock.sendall(proto.encode(proto.DETACH))
+    with attach(monitor, "cat") as second:
+        assert second.ready["stdin"] is True
+        second.send_stdin(b"after detach\n")
+        assert read_until(second, b"\n") == b"after detach\n"
+        second.close_stdin()
+        _, _, exit_body, _ = second.collect()
+    assert exit_body is not None and exit_body["exit_code"] == 0

@@ -482,12 +482,13 @@ def test_falling_behind_is_reported_from_the_monitors_error_frame(
     stream_app(
         monitor,
         "flood",
-        "echo READY; read go; head -c 4000000 /dev/zero | tr '\\0' y; echo",
+        "echo READY; read go; head -c 40000000 /dev/zero | tr '\\0' y; echo",
         attach_queue_size=65536,
     )
     term = attach(terms, "--replay", "--no-stdin", *target(monitor, "flood"))
     term.expect(b"READY")
-    # Freeze the attacher, then let the app write far more than its queue.
+    # Freeze the attacher, then let the app write far more than its queue and its
+    # socket buffer (several MiB) can hold.
     term.proc.kill(signal.SIGSTOP)
     try:
         with AttachClient(
