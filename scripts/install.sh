@@ -14,7 +14,8 @@ packages=(python3 python3-venv python3-dev gcc util-linux procps iproute2 e2fspr
 # Only the tests need these: a real local OCI registry and its htpasswd tool.
 test_packages=()
 if ((dev)); then
-    test_packages=(docker-registry apache2-utils openssl)
+    # The peers the benchmarks measure against, and strace for their breakdowns.
+    test_packages=(docker-registry apache2-utils openssl containerd conmon strace)
 fi
 
 missing=()

@@ -163,7 +163,8 @@ def check_sysctls(
     for name in sorted(sysctls):
         value = sysctls[name]
         where = f"{field}[{name}]"
-        if not _SYSCTL_RE.match(name) or ".." in name.replace("/", ".").split("."):
+        # Empty components ("a..b", "a/", "a./..") are how a name escapes /proc/sys.
+        if not _SYSCTL_RE.match(name) or "" in re.split(r"[./]", name):
             raise InvalidArgument(f"{where}: not a sysctl name")
         if "\n" in value or "\0" in value:
             raise InvalidArgument(f"{where}: value must be a single line")

@@ -174,6 +174,46 @@ def _log_message(log_text: str, stderr: bytes) -> str:
     return stderr.decode("utf-8", "replace").strip() or "no error message"
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """Write ``data`` to a pipe and close it (in a worker thread: the pipe may block)."""
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except (BrokenPipeError, OSError):
+        pass
+    finally:
+        os.close(fd)
+
+
+class _Collector(asyncio.Protocol):
+    """Collects a pipe's bytes up to a limit; ``done`` resolves at EOF."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int) -> None:
+        self.limit = limit
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.truncated = False
+        self.done: asyncio.Future[None] = loop.create_future()
+
+    def data_received(self, data: bytes) -> None:
+        if self.size < self.limit:
+            self.chunks.append(data[: self.limit - self.size])
+        if self.size + len(data) > self.limit:
+            self.truncated = True
+        self.size += len(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def data(self) -> bytes:
+        return b"".join(self.chunks)
+
+    def factory(self) -> _Collector:
+        return self
+
+
 class Runc:
     """runc with a private state directory (``--root``), one per daemon."""
 
@@ -283,6 +323,9 @@ class Runc:
         self, container_id: str, *, force: bool = True, missing_ok: bool = True
     ) -> None:
         """``runc delete [--force]``; a container runc does not know is fine by default."""
+        if not missing_ok:
+            # runc delete --force succeeds for an unknown id, so ask first.
+            await self.state(container_id)
         try:
             await self._run("delete", *(["--force"] if force else []), container_id)
         except NotFound:
@@ -363,7 +406,13 @@ class Runc:
         stdin: bytes | None,
         max_output: int,
     ) -> ExecResult:
+        loop = asyncio.get_running_loop()
+        # Our own pipes rather than asyncio's subprocess pipes: Process.wait() must not
+        # depend on a background child closing them, and we close them when we choose.
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        in_r, in_w = os.pipe2(os.O_CLOEXEC) if stdin is not None else (-1, -1)
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -373,45 +422,35 @@ class Runc:
                 str(status_w),
                 "--",
                 *argv,
-                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+                stdin=in_r if stdin is not None else asyncio.subprocess.DEVNULL,
+                stdout=out_w,
+                stderr=err_w,
                 pass_fds=(status_w,),
             )
         except BaseException:
-            os.close(status_r)
+            for fd in (status_r, out_r, err_r, in_w):
+                if fd >= 0:
+                    os.close(fd)
             raise
         finally:
-            os.close(status_w)
-        assert proc.stdout is not None and proc.stderr is not None
-        truncated = False
-
-        async def pump(stream: asyncio.StreamReader) -> bytes:
-            nonlocal truncated
-            chunks: list[bytes] = []
-            size = 0
-            while chunk := await stream.read(_CHUNK):
-                if size < max_output:
-                    chunks.append(chunk[: max_output - size])
-                if size + len(chunk) > max_output:
-                    truncated = True
-                size += len(chunk)
-            return b"".join(chunks)
-
-        async def feed() -> None:
-            if proc.stdin is None:
-                return
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                if stdin:
-                    proc.stdin.write(stdin)
-                    await proc.stdin.drain()
-                proc.stdin.close()
-
-        out_task = asyncio.ensure_future(pump(proc.stdout))
-        err_task = asyncio.ensure_future(pump(proc.stderr))
-        feed_task = asyncio.ensure_future(feed())
+            for fd in (status_w, out_w, err_w, in_r):
+                if fd >= 0:
+                    os.close(fd)
+        collectors = [_Collector(loop, max_output), _Collector(loop, max_output)]
+        transports: list[asyncio.ReadTransport] = []
+        feed: asyncio.Future[None] | None = None
         timed_out = False
+        unowned = [out_r, err_r]  # closed by us unless a transport took them over
         try:
+            for fd, collector in zip((out_r, err_r), collectors, strict=True):
+                transport, _ = await loop.connect_read_pipe(
+                    collector.factory, os.fdopen(fd, "rb", buffering=0, closefd=True)
+                )
+                unowned.remove(fd)
+                transports.append(transport)
+            if stdin is not None:
+                feed = loop.run_in_executor(None, _write_all, in_w, stdin)
+                in_w = -1  # owned by the writer now
             try:
                 await asyncio.wait_for(proc.wait(), timeout)
             except TimeoutError:
@@ -422,28 +461,30 @@ class Runc:
                 except TimeoutError:
                     proc.kill()
                     await proc.wait()
-            done, pending = await asyncio.wait({out_task, err_task}, timeout=DRAIN_TIMEOUT)
-            for task in pending:
-                task.cancel()
-            stdout = out_task.result() if out_task in done else b""
-            stderr = err_task.result() if err_task in done else b""
+            await asyncio.wait([c.done for c in collectors], timeout=DRAIN_TIMEOUT)
         except BaseException:
             self._kill_exec(pid_file)
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
-            out_task.cancel()
-            err_task.cancel()
-            feed_task.cancel()
             await proc.wait()
-            os.close(status_r)
             raise
-        feed_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await feed_task
-        try:
-            report = os.read(status_r, 4096)
         finally:
-            os.close(status_r)
+            for transport in transports:
+                transport.close()
+            for fd in unowned:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            if in_w >= 0:
+                os.close(in_w)
+            try:
+                report = os.read(status_r, 4096)
+            finally:
+                os.close(status_r)
+        if feed is not None:
+            # The writer ends when the process closes its stdin or exits (EPIPE).
+            await asyncio.wait([feed], timeout=DRAIN_TIMEOUT)
+        stdout, stderr = (c.data() for c in collectors)
+        truncated = any(c.truncated for c in collectors)
         try:
             status = json.loads(report) if report else {}
         except ValueError:

@@ -159,8 +159,10 @@ def _check_id(value: int, field: str) -> int:
     return value
 
 
-def _user_from_string(db: _RootDb, user: str, field: str) -> tuple[int, int | None, str | None]:
-    """(uid, gid or None, name) from ``user`` or ``user:group`` (image ``User`` syntax)."""
+def _user_from_string(
+    db: _RootDb, user: str, field: str
+) -> tuple[int, int | None, PasswdEntry | None]:
+    """(uid, gid or None, passwd entry) from ``user`` or ``user:group`` (``User`` syntax)."""
     name_part, sep, group_part = user.partition(":")
     if not name_part or (sep and not group_part):
         raise InvalidArgument(f"{field}: {user!r} is not user, uid, user:group or uid:gid")
@@ -183,7 +185,7 @@ def _user_from_string(db: _RootDb, user: str, field: str) -> tuple[int, int | No
             if group is None:
                 raise InvalidArgument(f"{field}: no group {group_part!r} in the image's /etc/group")
             gid = group.gid
-    return uid, gid, entry.name if entry is not None else None
+    return uid, gid, entry
 
 
 def resolve_user(
@@ -200,23 +202,22 @@ def resolve_user(
     """Resolve the process identity; errors name the CRI field (``field_prefix.run_as_…``)."""
     db = _RootDb(rootfs)
     gid: int | None
-    name: str | None
+    entry: PasswdEntry | None
     if run_as_user is not None:
         uid = _check_id(run_as_user, f"{field_prefix}.run_as_user")
         entry = db.user_by_uid(uid)
         gid = entry.gid if entry is not None else None
-        name = entry.name if entry is not None else None
     elif run_as_username:
         field = f"{field_prefix}.run_as_username"
         if ":" in run_as_username:
             raise InvalidArgument(f"{field}: {run_as_username!r} must be a user name only")
-        uid, gid, name = _user_from_string(db, run_as_username, field)
+        uid, gid, entry = _user_from_string(db, run_as_username, field)
     elif image_user:
-        uid, gid, name = _user_from_string(db, image_user, "image config User")
+        uid, gid, entry = _user_from_string(db, image_user, "image config User")
     else:
         uid, entry = 0, db.user_by_uid(0)
         gid = entry.gid if entry is not None else 0
-        name = entry.name if entry is not None else None
+    name = entry.name if entry is not None else None
     if run_as_group is not None:
         gid = _check_id(run_as_group, f"{field_prefix}.run_as_group")
     if gid is None:
@@ -237,8 +238,5 @@ def resolve_user(
         if extra not in gids:
             gids.append(extra)
 
-    home: str | None = None
-    if name is not None:
-        entry = db.user_by_name(name)
-        home = entry.home if entry is not None and entry.home else None
+    home = entry.home if entry is not None and entry.home else None
     return ResolvedUser(uid=uid, gid=gid, additional_gids=tuple(gids), username=name, home=home)
