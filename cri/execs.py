@@ -11,33 +11,16 @@ the pipes open forever.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import os
-import secrets
-import signal
-from pathlib import Path
 from typing import Any
 
 from cri import validate
 from cri.api import api_pb2
 from cri.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, Unimplemented
-from cri.oci.runc import process_spec_for_exec
+from cri.oci.runc import Runc, process_spec_for_exec
 from cri.runtime import Runtime
 
 OUTPUT_CAP = 16 << 20
-#: How long output is still read once the exec'd process has exited.
-DRAIN_AFTER_EXIT = 2.0
-
-
-async def _read_capped(stream: asyncio.StreamReader, cap: int) -> bytes:
-    kept = bytearray()
-    while chunk := await stream.read(1 << 16):
-        room = cap - len(kept)
-        if room > 0:
-            kept += chunk[:room]
-    return bytes(kept)
 
 
 async def exec_sync(rt: Runtime, request: api_pb2.ExecSyncRequest) -> Any:
@@ -50,64 +33,21 @@ async def exec_sync(rt: Runtime, request: api_pb2.ExecSyncRequest) -> Any:
     if record.state != "running":
         raise FailedPrecondition(f"container_id: container {record.id} is not running")
     sandbox = rt.sandbox(record.sandbox_id)
-    bundle = rt.bundle_dir(record.id)
-    token = secrets.token_hex(8)
-    process_file = bundle / f"exec-{token}.json"
-    pid_file = bundle / f"exec-{token}.pid"
-    container_spec = json.loads((bundle / "config.json").read_text())
-    process_file.write_text(json.dumps(process_spec_for_exec(container_spec, cmd, False)))
-    runtime = rt.config.handler_binary(sandbox.runtime_handler)
-    proc = await asyncio.create_subprocess_exec(
-        runtime,
-        "--root",
-        rt.runc_root,
-        "exec",
-        "--process",
-        str(process_file),
-        "--pid-file",
-        str(pid_file),
+    spec = json.loads((rt.bundle_dir(record.id) / "config.json").read_text())
+    runc = Runc(rt.runc_root, binary=rt.config.handler_binary(sandbox.runtime_handler))
+    result = await runc.exec_sync(
         record.id,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        process_spec_for_exec(spec, cmd, False),
+        timeout=request.timeout or None,
+        max_output=OUTPUT_CAP,
     )
-    assert proc.stdout is not None and proc.stderr is not None
-    readers = asyncio.gather(
-        _read_capped(proc.stdout, OUTPUT_CAP), _read_capped(proc.stderr, OUTPUT_CAP)
+    if result.timed_out:
+        raise DeadlineExceeded(
+            f"timeout: command {cmd[0]!r} did not finish within {request.timeout}s"
+        )
+    return api_pb2.ExecSyncResponse(
+        stdout=result.stdout, stderr=result.stderr, exit_code=result.exit_code
     )
-    try:
-        try:
-            await asyncio.wait_for(proc.wait(), request.timeout or None)
-        except TimeoutError:
-            _kill_exec(pid_file)
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-            readers.cancel()
-            with contextlib.suppress(BaseException):
-                await readers
-            raise DeadlineExceeded(
-                f"timeout: command {cmd[0]!r} did not finish within {request.timeout}s"
-            ) from None
-        try:
-            out, err = await asyncio.wait_for(readers, DRAIN_AFTER_EXIT)
-        except TimeoutError:
-            readers.cancel()
-            out, err = b"", b""
-    finally:
-        for path in (process_file, pid_file):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-    return api_pb2.ExecSyncResponse(stdout=out, stderr=err, exit_code=proc.returncode or 0)
-
-
-def _kill_exec(pid_file: Path) -> None:
-    try:
-        pid = int(pid_file.read_text().strip())
-    except (OSError, ValueError):
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, signal.SIGKILL)
 
 
 def _check_streams(request: Any, *, stderr_allowed: bool = True) -> None:

@@ -28,6 +28,19 @@ MAX_MESSAGE = 40 << 20  # ExecSync may answer 2 x 16 MiB of output
 async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     runtime = Runtime(config)
     await runtime.recover()
+    front = None
+    if config.stream_address:
+        from cri.streaming_runtime import StreamingFront
+
+        front = StreamingFront(
+            runtime,
+            config.stream_address,
+            tls_cert=config.stream_tls_cert,
+            tls_key=config.stream_tls_key,
+        )
+        await front.start()
+        runtime.streaming = front
+        log.info("streaming server on %s", front.server.base_url)
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE),
@@ -58,6 +71,8 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     finally:
         log.info("stopping; pods keep running")
         await server.stop(grace=2)
+        if front is not None:
+            await front.stop()
         await runtime.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(socket_path)

@@ -1,0 +1,473 @@
+"""The streaming server's Runtime, over runc and the iottymux monitors.
+
+* exec: ``runc exec`` with the container's process spec (its user, capabilities,
+  no_new_privs, seccomp, cgroup); a tty exec gets its pty from runc through a
+  console socket, and resize events go to that pty.
+* attach: a client of the app's iottymux attach endpoint, so StdinOnce, resize,
+  replay and the slow-client rule (the monitor disconnects an attacher that falls
+  behind) hold end to end.
+* port-forward: a connection dialled from a thread that has ``setns``-ed into
+  the pod's network namespace (the host's for a host-network pod).
+
+It also turns the CRI Exec / Attach / PortForward requests into one-time URLs
+(:class:`StreamingFront`), mapping the streaming package's errors onto ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import struct
+import sys
+import termios
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from cri.api import api_pb2
+from cri.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+from cri.oci.runc import _SHIM, Runc, process_spec_for_exec
+from cri.runtime import Runtime
+from iottymux import attachproto as proto
+from streaming import errors as streaming_errors
+from streaming import portforward
+from streaming.requests import AttachRequest, ExecRequest, PortForwardRequest
+from streaming.runtime import DuplexStream, OutputStream, ResizeQueue, Streams
+from streaming.server import Server
+
+log = logging.getLogger("rktlet.streaming")
+
+CHUNK = 1 << 16
+
+
+class ContainerStreamingRuntime:
+    """Implements :class:`streaming.runtime.Runtime` for rktlet's containers."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    # -- exec ----------------------------------------------------------------------
+
+    async def exec(
+        self,
+        container_id: str,
+        cmd: Sequence[str],
+        streams: Streams,
+        tty: bool,
+        resize_queue: ResizeQueue | None,
+    ) -> int:
+        record = self.rt.container(container_id)
+        if record.state != "running":
+            raise FailedPrecondition(f"container {record.id} is not running")
+        sandbox = self.rt.sandbox(record.sandbox_id)
+        bundle = self.rt.bundle_dir(record.id)
+        spec = json.loads((bundle / "config.json").read_text())
+        token = secrets.token_hex(8)
+        process_file = bundle / f"exec-{token}.json"
+        pid_file = bundle / f"exec-{token}.pid"
+        process_file.write_text(json.dumps(process_spec_for_exec(spec, list(cmd), tty)))
+        runc = Runc(
+            self.rt.runc_root, binary=self.rt.config.handler_binary(sandbox.runtime_handler)
+        )
+        log_path = str(bundle / f"exec-{token}.log")
+        try:
+            if tty:
+                return await self._exec_tty(
+                    runc, record.id, process_file, pid_file, log_path, streams, resize_queue
+                )
+            return await self._exec_pipes(
+                runc, record.id, process_file, pid_file, log_path, streams
+            )
+        finally:
+            for path in (process_file, pid_file, Path(log_path)):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+    async def _exec_pipes(
+        self,
+        runc: Runc,
+        container_id: str,
+        process_file: Path,
+        pid_file: Path,
+        log_path: str,
+        streams: Streams,
+    ) -> int:
+        # Our own pipes, handed to the process by a detached runc exec: a
+        # background child that keeps them open cannot hold the session.
+        ends: list[int] = []
+        child: dict[str, int] = {}
+        mine: dict[str, int] = {}
+        try:
+            for name, wanted in (
+                ("stdin", streams.stdin),
+                ("stdout", streams.stdout),
+                ("stderr", streams.stderr),
+            ):
+                if wanted is None:
+                    continue
+                r, w = os.pipe2(os.O_CLOEXEC)
+                ends += [r, w]
+                child[name], mine[name] = (r, w) if name == "stdin" else (w, r)
+            for fd in mine.values():
+                os.set_blocking(fd, False)
+            argv = runc.exec_argv(
+                container_id,
+                str(process_file),
+                log_path=log_path,
+                detach=True,
+                pid_file=str(pid_file),
+            )
+            devnull = asyncio.subprocess.DEVNULL
+            run = self._shim(
+                argv,
+                pid_file,
+                stdin=child.get("stdin", devnull),
+                stdout=child.get("stdout", devnull),
+                stderr=child.get("stderr", devnull),
+            )
+            tasks = []
+            outputs = []
+            if "stdin" in mine and streams.stdin is not None:
+                tasks.append(
+                    asyncio.create_task(_feed_fd(streams.stdin, mine.pop("stdin"), tty=False))
+                )
+            if "stdout" in mine:
+                outputs.append(asyncio.create_task(_drain_fd(mine["stdout"], streams.stdout)))
+            if "stderr" in mine:
+                outputs.append(asyncio.create_task(_drain_fd(mine["stderr"], streams.stderr)))
+            try:
+
+                def close_child_ends() -> None:
+                    for key in list(child):
+                        os.close(child.pop(key))
+
+                code = await run(close_child_ends)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.gather(*outputs, return_exceptions=True), 2.0)
+            finally:
+                for task in [*tasks, *outputs]:
+                    task.cancel()
+            return code
+        finally:
+            for fd in [*child.values(), *mine.values()]:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def _shim(
+        self, argv: list[str], pid_file: Path, *, stdin: int, stdout: int, stderr: int
+    ) -> Callable[[Callable[[], object]], Coroutine[Any, Any, int]]:
+        """Start runc exec --detach under the subreaper shim; await its exit code."""
+
+        async def run(after_spawn: Callable[[], object]) -> int:
+            status_r, status_w = os.pipe2(os.O_CLOEXEC)
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-I",
+                    "-S",
+                    _SHIM,
+                    str(status_w),
+                    "--",
+                    *argv,
+                    stdin=stdin,
+                    stdout=stdout,
+                    stderr=stderr,
+                    pass_fds=(status_w,),
+                )
+            finally:
+                os.close(status_w)
+                after_spawn()
+            try:
+                await proc.wait()
+                report = await asyncio.to_thread(os.read, status_r, 4096)
+            except asyncio.CancelledError:
+                _kill_pid_file(pid_file)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                raise
+            finally:
+                os.close(status_r)
+            try:
+                status = json.loads(report) if report else {}
+            except ValueError:
+                status = {}
+            if "status" in status:
+                return _exit_code(os.waitstatus_to_exitcode(int(status["status"])))
+            raise Unavailable(f"runc exec failed: {status or 'no status from the exec shim'}")
+
+        return run
+
+    async def _exec_tty(
+        self,
+        runc: Runc,
+        container_id: str,
+        process_file: Path,
+        pid_file: Path,
+        log_path: str,
+        streams: Streams,
+        resize_queue: ResizeQueue | None,
+    ) -> int:
+        console_path = str(self.rt.run_dir / f"ec-{secrets.token_hex(6)}")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        listener.bind(console_path)
+        os.chmod(console_path, 0o600)
+        listener.listen(1)
+        listener.setblocking(False)
+        loop = asyncio.get_running_loop()
+        tasks: list[asyncio.Task[Any]] = []
+        master = -1
+        try:
+            argv = runc.exec_argv(
+                container_id,
+                str(process_file),
+                log_path=log_path,
+                detach=True,
+                pid_file=str(pid_file),
+                console_socket=console_path,
+            )
+            devnull = asyncio.subprocess.DEVNULL
+            run = self._shim(argv, pid_file, stdin=devnull, stdout=devnull, stderr=devnull)
+            waiter: asyncio.Task[int] = asyncio.create_task(run(lambda: None))
+            tasks.append(waiter)
+            accept = asyncio.create_task(loop.sock_accept(listener))
+            done, _ = await asyncio.wait(
+                {accept, waiter}, timeout=30, return_when=asyncio.FIRST_COMPLETED
+            )
+            if accept not in done:
+                accept.cancel()
+                if waiter in done:
+                    waiter.result()  # raises the runc failure
+                raise Unavailable("runc did not hand over the exec's terminal")
+            conn, _ = accept.result()
+            with conn:
+                conn.setblocking(True)
+                conn.settimeout(10)
+                _msg, fds, _flags, _addr = await asyncio.to_thread(socket.recv_fds, conn, 4096, 1)
+            if not fds:
+                raise Unavailable("runc sent no terminal for the exec")
+            master = fds[0]
+            os.set_blocking(master, False)
+            if resize_queue is not None:
+                tasks.append(asyncio.create_task(_apply_resizes(resize_queue, master)))
+            if streams.stdin is not None:
+                tasks.append(asyncio.create_task(_feed_fd(streams.stdin, master, tty=True)))
+            output = asyncio.create_task(_drain_fd(master, streams.stdout, close_fd=False))
+            tasks.append(output)
+            code = await waiter
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(output), 2.0)
+            return code
+        finally:
+            for task in tasks:
+                task.cancel()
+            if master >= 0:
+                os.close(master)
+            listener.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(console_path)
+
+    # -- attach ----------------------------------------------------------------------
+
+    async def attach(
+        self, container_id: str, streams: Streams, tty: bool, resize_queue: ResizeQueue | None
+    ) -> None:
+        record = self.rt.container(container_id)
+        if record.state != "running":
+            raise FailedPrecondition(f"container {record.id} is not running")
+        app_dir = os.path.join(self.rt.pod_run_dir(record.sandbox_id), "apps", record.id)
+        dir_fd = os.open(app_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            reader, writer = await asyncio.open_unix_connection(
+                f"/proc/self/fd/{dir_fd}/attach.sock", limit=1 << 22
+            )
+        finally:
+            os.close(dir_fd)
+        tasks: list[asyncio.Task[Any]] = []
+        try:
+            writer.write(
+                proto.encode_hello(
+                    stdin=streams.stdin is not None,
+                    stdout=streams.stdout is not None,
+                    stderr=streams.stderr is not None,
+                )
+            )
+            await writer.drain()
+            decoder = proto.FrameDecoder(proto.SERVER_KINDS)
+            frames: list[tuple[int, bytes]] = []
+            if streams.stdin is not None:
+                tasks.append(asyncio.create_task(_stdin_frames(streams.stdin, writer)))
+            if resize_queue is not None and tty:
+                tasks.append(asyncio.create_task(_resize_frames(resize_queue, writer)))
+            while True:
+                while not frames:
+                    data = await reader.read(1 << 18)
+                    if not data:
+                        return
+                    frames.extend(decoder.receive_data(data))
+                kind, payload = frames.pop(0)
+                if kind == proto.STDOUT and streams.stdout is not None:
+                    await streams.stdout.write(payload)
+                elif kind == proto.STDERR:
+                    target = streams.stderr or (streams.stdout if tty else None)
+                    if target is not None:
+                        await target.write(payload)
+                elif kind == proto.EXIT:
+                    return
+                elif kind == proto.ERROR:
+                    raise Unavailable(f"attach ended by the monitor: {payload.decode()}")
+        finally:
+            for task in tasks:
+                task.cancel()
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    # -- port-forward ------------------------------------------------------------------
+
+    async def port_forward(self, pod_sandbox_id: str, port: int, stream: DuplexStream) -> None:
+        sandbox = self.rt.sandbox(pod_sandbox_id)
+        if sandbox.state != "ready":
+            raise FailedPrecondition(f"pod {sandbox.id} is not ready")
+        await portforward.forward(sandbox.info.get("netns") or None, port, stream)
+
+
+def _exit_code(code: int) -> int:
+    return 128 - code if code < 0 else code
+
+
+def _kill_pid_file(pid_file: Path) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+
+
+async def _drain_fd(fd: int, out: OutputStream | None, *, close_fd: bool = True) -> None:
+    """Copy a non-blocking fd (pipe or pty master) to the client until EOF / EIO."""
+    loop = asyncio.get_running_loop()
+    readable = asyncio.Event()
+    loop.add_reader(fd, readable.set)
+    try:
+        while True:
+            try:
+                data = os.read(fd, CHUNK)
+            except BlockingIOError:
+                readable.clear()
+                await readable.wait()
+                continue
+            except OSError:
+                break  # EIO: the exec'd process and every slave fd are gone
+            if not data:
+                break
+            if out is not None:
+                await out.write(data)
+    finally:
+        loop.remove_reader(fd)
+        if close_fd:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    if out is not None:
+        await out.close()
+
+
+async def _feed_fd(stdin: Any, fd: int, *, tty: bool) -> None:
+    """Copy the client's stdin to a non-blocking fd; at its end, end the app's input."""
+    loop = asyncio.get_running_loop()
+    try:
+        while data := await stdin.read(CHUNK):
+            view = memoryview(data)
+            while view:
+                try:
+                    view = view[os.write(fd, view) :]
+                except BlockingIOError:
+                    writable = asyncio.Event()
+                    loop.add_writer(fd, writable.set)
+                    try:
+                        await writable.wait()
+                    finally:
+                        loop.remove_writer(fd)
+        if tty:
+            os.write(fd, b"\x04")  # end of input on a terminal
+    except OSError:
+        pass
+    finally:
+        if not tty:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+async def _apply_resizes(queue: ResizeQueue, fd: int) -> None:
+    async for size in queue:
+        with contextlib.suppress(OSError):
+            fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", size.height, size.width, 0, 0))
+
+
+async def _stdin_frames(stdin: Any, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await stdin.read(CHUNK):
+            writer.write(proto.encode(proto.STDIN, data))
+            await writer.drain()
+        writer.write(proto.encode(proto.STDIN_CLOSE))
+        await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+
+
+async def _resize_frames(queue: ResizeQueue, writer: asyncio.StreamWriter) -> None:
+    try:
+        async for size in queue:
+            writer.write(proto.encode_resize(size.height, size.width))
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+
+
+class StreamingFront:
+    """The daemon's streaming server and the CRI RPCs that hand out its URLs."""
+
+    def __init__(self, rt: Runtime, address: str, *, tls_cert: str = "", tls_key: str = "") -> None:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise InvalidArgument(f"stream_address: {address!r} is not HOST:PORT")
+        self.server = Server(
+            ContainerStreamingRuntime(rt),
+            address=host.strip("[]"),
+            port=int(port),
+            tls_cert_file=tls_cert or None,
+            tls_key_file=tls_key or None,
+        )
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def stop(self) -> None:
+        await self.server.stop()
+
+    @staticmethod
+    def _url(make: Any, request: Any) -> str:
+        try:
+            url: str = make(request)
+        except streaming_errors.InvalidArgument as exc:
+            raise InvalidArgument(exc.message) from None
+        except streaming_errors.ResourceExhausted as exc:
+            raise ResourceExhausted(exc.message) from None
+        return url
+
+    async def get_exec(self, request: api_pb2.ExecRequest) -> api_pb2.ExecResponse:
+        url = self._url(self.server.get_exec, ExecRequest.from_message(request))
+        return api_pb2.ExecResponse(url=url)
+
+    async def get_attach(self, request: api_pb2.AttachRequest) -> api_pb2.AttachResponse:
+        url = self._url(self.server.get_attach, AttachRequest.from_message(request))
+        return api_pb2.AttachResponse(url=url)
+
+    async def get_port_forward(
+        self, request: api_pb2.PortForwardRequest
+    ) -> api_pb2.PortForwardResponse:
+        url = self._url(self.server.get_port_forward, PortForwardRequest.from_message(request))
+        return api_pb2.PortForwardResponse(url=url)
