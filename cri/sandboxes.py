@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import secrets
 import shutil
 import socket
@@ -133,6 +134,25 @@ async def _create(
     podfiles.validate_dns_config(config.dns_config if config.HasField("dns_config") else None)
     record.info.update(host_network=host_network, hostname=hostname, ip="", additional_ips=[])
 
+    # The monitor needs no network: start it while CNI works.
+    run_dir = rt.pod_run_dir(sandbox_id)
+    monitor_start = asyncio.create_task(start_monitor(run_dir))
+
+    async def stop_monitor() -> None:
+        with contextlib.suppress(BaseException):
+            await monitor_start
+        connection = rt.monitors.pop(sandbox_id, None)
+        if connection is None and os.path.exists(os.path.join(run_dir, "control.sock")):
+            with contextlib.suppress(Exception):
+                connection = await rt.connect_monitor(sandbox_id)
+                rt.monitors.pop(sandbox_id, None)
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.request("shutdown", timeout=30)
+            await connection.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+    undo.append(stop_monitor)
     if not host_network:
         netns_path = await asyncio.to_thread(netns.create_netns, rt.run_dir, sandbox_id)
         record.info["netns"] = str(netns_path)
@@ -174,19 +194,7 @@ async def _create(
     )
 
     # The monitor: one per pod, detached; it outlives this daemon.
-    run_dir = rt.pod_run_dir(sandbox_id)
-    monitor_pid = await start_monitor(run_dir)
-    record.info["monitor_pid"] = monitor_pid
-
-    async def stop_monitor() -> None:
-        connection = rt.monitors.pop(sandbox_id, None)
-        if connection is not None:
-            with contextlib.suppress(Exception):
-                await connection.request("shutdown", timeout=30)
-            await connection.close()
-        shutil.rmtree(run_dir, ignore_errors=True)
-
-    undo.append(stop_monitor)
+    record.info["monitor_pid"] = await monitor_start
     connection = await rt.connect_monitor(sandbox_id)
 
     # The infra container holds the pod's namespaces.

@@ -200,6 +200,8 @@ def monitor_command(run_dir: str) -> tuple[list[str], dict[str, str]]:
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ)
     env["PYTHONPATH"] = package_root
+    # Every pod starts a monitor: it must load cached bytecode, not recompile.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     argv = [sys.executable, "-S", "-m", "iottymux", "monitor", "--run-dir", run_dir, "--detach"]
     return argv, env
 

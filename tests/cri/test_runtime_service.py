@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -451,3 +452,33 @@ def test_create_remove_cycles_leave_nothing(daemon: Daemon) -> None:
     assert after == before
     assert not any((daemon.run_dir / "pods").iterdir())
     assert not any((daemon.root / "containers").iterdir())
+
+
+def test_failed_run_pod_sandbox_rolls_everything_back(daemon: Daemon) -> None:
+    conflist = {
+        "cniVersion": "1.0.0",
+        "name": "broken",
+        "plugins": [{"type": "no-such-plugin"}],
+    }
+    (daemon.cni_conf_dir / "10-broken.conflist").write_text(json.dumps(conflist))
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            daemon.run_pod("doomed")
+        assert "no-such-plugin" in err.value.details()
+        assert daemon.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items == []
+        assert list((daemon.run_dir / "pods").iterdir()) == []
+        netns_dir = daemon.run_dir / "netns"
+        assert not netns_dir.exists() or list(netns_dir.iterdir()) == []
+        with open("/proc/self/mountinfo") as f:
+            assert str(daemon.run_dir / "netns") not in f.read()
+        monitors = subprocess.run(
+            ["pgrep", "-f", f"iottymux monitor --run-dir {daemon.run_dir}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert monitors.stdout == "", "a monitor of the failed pod is still running"
+    finally:
+        (daemon.cni_conf_dir / "10-broken.conflist").unlink()
+    pod_id, _ = daemon.run_pod("fine")
+    assert pod_id
