@@ -482,3 +482,19 @@ def test_failed_run_pod_sandbox_rolls_everything_back(daemon: Daemon) -> None:
         (daemon.cni_conf_dir / "10-broken.conflist").unlink()
     pod_id, _ = daemon.run_pod("fine")
     assert pod_id
+
+
+def test_iottymux_logs_resolves_a_container_through_the_daemon(daemon: Daemon) -> None:
+    import sys
+
+    status, _ = run_and_log(daemon, "named", ["sh", "-c", "echo found by name"])
+    for target in ("named", status.id[:10]):
+        done = subprocess.run(
+            [sys.executable, "-m", "iottymux", "logs", "--rktlet-socket", daemon.socket, target],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == "found by name\n"
