@@ -428,7 +428,7 @@ def test_daemon_killed_and_restarted_while_pods_log(daemon: Daemon) -> None:
 
 
 def test_create_remove_cycles_leave_nothing(daemon: Daemon) -> None:
-    def snapshot() -> tuple[int, int, int]:
+    def snapshot() -> tuple[int, int, int, int, int]:
         with open("/proc/self/mountinfo") as f:
             mounts = sum(1 for line in f if str(daemon.run_dir) in line or str(daemon.base) in line)
         fds = len(os.listdir(f"/proc/{daemon.proc.pid}/fd")) if daemon.proc else 0
@@ -437,7 +437,16 @@ def test_create_remove_cycles_leave_nothing(daemon: Daemon) -> None:
             if (daemon.run_dir / "netns").exists()
             else 0
         )
-        return mounts, fds, netns
+        # Pods' cgroups live under /rktlet by default (no cgroup parent given).
+        memory_cgroups = Path("/sys/fs/cgroup/memory/rktlet")
+        cgroups = len(list(memory_cgroups.iterdir())) if memory_cgroups.exists() else 0
+        monitors = subprocess.run(
+            ["pgrep", "-f", f"iottymux monitor --run-dir {daemon.run_dir}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+        return mounts, fds, netns, cgroups, len(monitors)
 
     daemon.runtime.RemovePodSandbox(
         api_pb2.RemovePodSandboxRequest(pod_sandbox_id=daemon.run_pod("warmup")[0])
