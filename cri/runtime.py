@@ -14,13 +14,14 @@ import contextlib
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cri import cgroups
 from cri.api import api_pb2
 from cri.config import Config, images_document
-from cri.errors import NotFound, Unavailable
+from cri.errors import InvalidArgument, NotFound, Unavailable
 from cri.events import EventHub
 from cri.images.config import load_images_config
 from cri.images.manager import ImageManager
@@ -32,6 +33,8 @@ from cri.network.cni import CNINetwork
 from cri.store import ContainerRecord, SandboxRecord, Store
 
 log = logging.getLogger("rktlet.runtime")
+
+_R = TypeVar("_R")
 
 RUNTIME_NAME = "rktlet"
 RUNTIME_VERSION = "0.1.0"
@@ -128,32 +131,16 @@ class Runtime:
     # -- lookups ----------------------------------------------------------------
 
     def sandbox(self, sandbox_id: str, field: str = "pod_sandbox_id") -> SandboxRecord:
-        if not sandbox_id:
-            from cri.errors import InvalidArgument
-
-            raise InvalidArgument(f"{field}: must not be empty")
-        record = self.store.get_sandbox(sandbox_id)
-        if record is None:
-            matches = self.store.find_sandboxes(sandbox_id)
-            if len(matches) == 1:
-                record = matches[0]
-        if record is None:
-            raise NotFound(f"{field}: pod sandbox {sandbox_id!r} not found")
-        return record
+        """A pod by id or unique id prefix (as crictl users type them)."""
+        return _lookup(
+            sandbox_id, field, "pod sandbox", self.store.get_sandbox, self.store.find_sandboxes
+        )
 
     def container(self, container_id: str, field: str = "container_id") -> ContainerRecord:
-        if not container_id:
-            from cri.errors import InvalidArgument
-
-            raise InvalidArgument(f"{field}: must not be empty")
-        record = self.store.get_container(container_id)
-        if record is None:
-            matches = self.store.find_containers(container_id)
-            if len(matches) == 1:
-                record = matches[0]
-        if record is None:
-            raise NotFound(f"{field}: container {container_id!r} not found")
-        return record
+        """A container by id or unique id prefix."""
+        return _lookup(
+            container_id, field, "container", self.store.get_container, self.store.find_containers
+        )
 
     def monitor(self, sandbox_id: str) -> MonitorConnection:
         connection = self.monitors.get(sandbox_id)
@@ -331,3 +318,23 @@ class Runtime:
         with contextlib.suppress(Exception):
             await self.images.aclose()
         self.store.close()
+
+
+def _lookup(
+    key: str,
+    field: str,
+    kind: str,
+    get: Callable[[str], _R | None],
+    find: Callable[[str], list[_R]],
+) -> _R:
+    if not key:
+        raise InvalidArgument(f"{field}: must not be empty")
+    record = get(key)
+    if record is None:
+        matches = find(key)
+        if len(matches) > 1:
+            raise InvalidArgument(f"{field}: {key!r} names {len(matches)} objects; give more")
+        record = matches[0] if matches else None
+    if record is None:
+        raise NotFound(f"{field}: {kind} {key!r} not found")
+    return record

@@ -702,24 +702,10 @@ class Monitor:
             master = receive_console(app.console)
             app.close_console()
         if status != 0 or (app.tty and master is None):
-            reason = (
-                app.oci.last_error(log_mark) or f"{app.oci.runtime} create exited with {status}"
-            )
             if master is not None:
                 os.close(master)
             self._forget_app(app)
-            if pending is not None:
-                self._reply(
-                    pending[0],
-                    pending[1],
-                    {
-                        "ok": False,
-                        "error": {
-                            "code": "Internal",
-                            "message": f"cannot create container: {reason}",
-                        },
-                    },
-                )
+            self._runtime_failed(app, pending, "create", status, log_mark)
             return
         try:
             app.pid = app.oci.read_pid()
@@ -737,6 +723,21 @@ class Monitor:
         if pending is not None:
             self._reply(pending[0], pending[1], {"ok": True, "app": app.name, "pid": app.pid})
 
+    def _runtime_failed(
+        self,
+        app: App,
+        pending: tuple[ControlConnection, Any] | None,
+        verb: str,
+        status: int,
+        log_mark: int,
+    ) -> None:
+        """Answer a request whose runtime command failed, with the runtime's own words."""
+        assert app.oci is not None
+        reason = app.oci.last_error(log_mark) or f"{app.oci.runtime} {verb} exited with {status}"
+        if pending is not None:
+            error = {"code": "Internal", "message": f"cannot {verb} container: {reason}"}
+            self._reply(pending[0], pending[1], {"ok": False, "error": error})
+
     def _oci_start(self, conn: ControlConnection, rid: Any, app: App) -> None:
         assert app.oci is not None
         log_mark = app.oci.log_size()
@@ -748,20 +749,7 @@ class Monitor:
         def started(status: int) -> None:
             pending, app.pending = app.pending, None
             if status != 0:
-                assert app.oci is not None
-                reason = app.oci.last_error(log_mark) or f"start exited with {status}"
-                if pending is not None:
-                    self._reply(
-                        pending[0],
-                        pending[1],
-                        {
-                            "ok": False,
-                            "error": {
-                                "code": "Internal",
-                                "message": f"cannot start container: {reason}",
-                            },
-                        },
-                    )
+                self._runtime_failed(app, pending, "start", status, log_mark)
                 return
             self._write_state()
             if pending is not None:
@@ -889,20 +877,7 @@ class Monitor:
         def deleted(status: int) -> None:
             pending, app.pending = app.pending, None
             if status != 0:
-                assert app.oci is not None
-                reason = app.oci.last_error(log_mark) or f"delete exited with {status}"
-                if pending is not None:
-                    self._reply(
-                        pending[0],
-                        pending[1],
-                        {
-                            "ok": False,
-                            "error": {
-                                "code": "Internal",
-                                "message": f"cannot delete container: {reason}",
-                            },
-                        },
-                    )
+                self._runtime_failed(app, pending, "delete", status, log_mark)
                 return
             self._by_pid.pop(app.pid, None)
             self._forget_app(app)
