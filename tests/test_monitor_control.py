@@ -320,6 +320,8 @@ def test_monitor_survives_the_death_of_its_starter(tmp_path: Path) -> None:
         if starter.poll() is None:
             os.killpg(starter.pid, signal.SIGKILL)
             starter.wait()
+        if starter.stdout is not None:
+            starter.stdout.close()
         if monitor_pid:
             kill_tree(monitor_pid)
 
@@ -344,6 +346,8 @@ def test_new_client_after_the_old_one_died_mid_request(
     finally:
         dying.kill()
         dying.wait()
+        if dying.stdout is not None:
+            dying.stdout.close()
     # The daemon restarts: a brand-new client sees the same apps and can act.
     with ControlClient(monitor.control_path) as fresh:
         status = fresh.request("status")
