@@ -138,10 +138,15 @@ class ContainerStreamingRuntime:
                 tasks.append(
                     asyncio.create_task(_feed_fd(streams.stdin, mine.pop("stdin"), tty=False))
                 )
-            if "stdout" in mine:
-                outputs.append(asyncio.create_task(_drain_fd(mine["stdout"], streams.stdout)))
-            if "stderr" in mine:
-                outputs.append(asyncio.create_task(_drain_fd(mine["stderr"], streams.stderr)))
+            # Each drain owns (and closes) its fd from here on: pop it, so that the
+            # cleanup below cannot close a number the kernel has handed out again.
+            drained: list[int] = []
+            closed: set[int] = set()
+            for name, out in (("stdout", streams.stdout), ("stderr", streams.stderr)):
+                if name in mine:
+                    fd = mine.pop(name)
+                    drained.append(fd)
+                    outputs.append(asyncio.create_task(_drain_fd(fd, out, closed=closed)))
             try:
 
                 def close_child_ends() -> None:
@@ -154,6 +159,11 @@ class ContainerStreamingRuntime:
             finally:
                 for task in [*tasks, *outputs]:
                     task.cancel()
+                await asyncio.gather(*tasks, *outputs, return_exceptions=True)
+                # A drain cancelled before it ran never closed its fd.
+                for fd in drained:
+                    if fd not in closed:
+                        os.close(fd)
             return code
         finally:
             for fd in [*child.values(), *mine.values()]:
@@ -347,7 +357,9 @@ def _kill_pid_file(pid_file: Path) -> None:
         os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
 
 
-async def _drain_fd(fd: int, out: OutputStream | None, *, close_fd: bool = True) -> None:
+async def _drain_fd(
+    fd: int, out: OutputStream | None, *, close_fd: bool = True, closed: set[int] | None = None
+) -> None:
     """Copy a non-blocking fd (pipe or pty master) to the client until EOF / EIO."""
     loop = asyncio.get_running_loop()
     readable = asyncio.Event()
@@ -371,6 +383,8 @@ async def _drain_fd(fd: int, out: OutputStream | None, *, close_fd: bool = True)
         if close_fd:
             with contextlib.suppress(OSError):
                 os.close(fd)
+            if closed is not None:
+                closed.add(fd)
     if out is not None:
         await out.close()
 

@@ -186,3 +186,140 @@ def test_port_forward_to_a_host_network_pod(daemon: Daemon) -> None:
         return data
 
     assert b"200 OK" in in_netns(daemon, one)
+
+
+# -- independent clients and concurrency against the real daemon -------------------------
+
+
+def _kube_config(url: str) -> Any:
+    from urllib.parse import urlsplit
+
+    from kubernetes.client import Configuration
+
+    config = Configuration()
+    parts = urlsplit(url)
+    config.host = f"{parts.scheme}://{parts.netloc}"
+    return config
+
+
+def test_kubernetes_python_client_exec_in_a_container(daemon: Daemon) -> None:
+    """The ``kubernetes`` package's WebSocket stream client, not ours, runs an exec."""
+    from kubernetes.stream import ws_client
+
+    container = running(daemon, "kubeexec", ["sleep", "600"])
+    url = exec_url(
+        daemon,
+        container,
+        ["sh", "-c", "read x; echo got $x; echo e >&2; exit 3"],
+        stdin=True,
+        stdout=True,
+        stderr=True,
+    )
+
+    def client_side() -> tuple[str, str, int | None, str]:
+        client = ws_client.websocket_call(  # type: ignore[no-untyped-call]
+            _kube_config(url), "GET", url, _preload_content=False
+        )
+        try:
+            client.write_stdin("from kubernetes\n")
+            client.close_channel(ws_client.STDIN_CHANNEL)
+            client.run_forever(timeout=30)
+            return (
+                client.read_stdout(),
+                client.read_stderr(),
+                client.returncode,
+                client.subprotocol,
+            )
+        finally:
+            client.close()
+            client.sock.shutdown()  # the library leaves the socket open once the server closed
+
+    out, err, code, protocol = run_in_netns(daemon.netns, client_side)
+    assert (out, err, code) == ("got from kubernetes\n", "e\n", 3)
+    assert protocol == "v5.channel.k8s.io"
+
+
+def test_kubernetes_python_client_port_forward_to_a_pod(daemon: Daemon) -> None:
+    from kubernetes.stream import ws_client
+
+    pod_id, pod_config = daemon.run_pod("kubepf")
+    daemon.run_container(pod_id, pod_config, daemon.container_config("httpd", "httpd", []))
+    ip = daemon.runtime.PodSandboxStatus(
+        api_pb2.PodSandboxStatusRequest(pod_sandbox_id=pod_id)
+    ).status.network.ip
+    wait_for_port(daemon.netns, ip, 80)
+    url = str(
+        daemon.runtime.PortForward(api_pb2.PortForwardRequest(pod_sandbox_id=pod_id, port=[80])).url
+    )
+
+    def client_side() -> tuple[bytes, Any]:
+        pf = ws_client.portforward_call(  # type: ignore[no-untyped-call]
+            _kube_config(url), "GET", url, query_params=[("ports", "80")]
+        )
+        try:
+            sock = pf.socket(80)
+            sock.setblocking(True)
+            sock.settimeout(30)
+            sock.sendall(b"GET /index.html HTTP/1.0\r\n\r\n")
+            chunks = []
+            while chunk := sock.recv(1 << 16):
+                chunks.append(chunk)
+            sock.close()
+            return b"".join(chunks), pf.error(80)
+        finally:
+            pf.websocket.shutdown()  # the library's proxy thread may leave it open
+
+    response, error = run_in_netns(daemon.netns, client_side)
+    assert error is None
+    assert response.startswith(b"HTTP/1.") and b"200 OK" in response.split(b"\r\n", 1)[0]
+    assert response.endswith(b"\r\n\r\nhello from rktlet httpd\n")
+
+
+def test_fifty_concurrent_execs_in_one_container(daemon: Daemon) -> None:
+    container = running(daemon, "manyexec", ["sleep", "600"])
+    sessions = 50
+    urls = [
+        exec_url(daemon, container, ["echo", str(n)], stdout=True, stderr=True)
+        for n in range(sessions)
+    ]
+
+    async def all_at_once() -> list[tuple[bytes, bytes, int | None]]:
+        results = await asyncio.gather(*(spdy_exec(url, timeout=60) for url in urls))
+        return [(r.stdout, r.stderr, r.exit_code) for r in results]
+
+    results = in_netns(daemon, all_at_once)
+    assert results == [(f"{n}\n".encode(), b"", 0) for n in range(sessions)]
+
+
+def test_websocket_v5_stdin_close_reaches_cat(daemon: Daemon) -> None:
+    """v5.channel.k8s.io CLOSE of stdin is EOF for ``cat`` in the container: it exits 0."""
+    import json
+
+    from websockets.asyncio.client import connect as ws_connect
+
+    from streaming import remotecommand as rc
+
+    container = running(daemon, "wscat", ["sleep", "600"])
+    url = exec_url(daemon, container, ["cat"], stdin=True, stdout=True, stderr=True)
+    payload = [b"first line\n", b"second, " * 1000 + b"end\n"]
+
+    async def session() -> tuple[str | None, dict[int, bytes], int | None]:
+        got: dict[int, bytes] = {}
+        ws_url = "ws" + url[len("http") :]
+        async with ws_connect(ws_url, subprotocols=[rc.V5]) as ws:  # type: ignore[list-item]
+            for chunk in payload:
+                await ws.send(rc.encode_channel_message(0, chunk, base64_mode=False))
+            await ws.send(rc.encode_close_signal(0))
+            async for message in ws:
+                data = message.encode() if isinstance(message, str) else bytes(message)
+                decoded = rc.decode_channel_message(data, base64_mode=False)
+                assert decoded is not None
+                got[decoded[0]] = got.get(decoded[0], b"") + decoded[1]
+            return ws.subprotocol, got, ws.close_code
+
+    protocol, got, close_code = in_netns(daemon, lambda: asyncio.wait_for(session(), 30))
+    assert protocol == rc.V5
+    assert got.get(1, b"") == b"".join(payload)
+    assert got.get(2, b"") == b""
+    assert json.loads(got[3])["status"] == "Success"
+    assert close_code == 1000
