@@ -1,4 +1,5 @@
-"""The ``rktlet`` command: ``serve`` (the CRI daemon), ``image``, ``version``."""
+"""The ``rktlet`` command: ``serve`` (the CRI daemon), ``pod``/``app``/``image`` (a CRI
+client, :mod:`cri.client_cmd`), ``version``."""
 
 from __future__ import annotations
 
@@ -17,8 +18,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "usage: rktlet COMMAND [ARGS...]\n\n"
             "commands:\n"
             "  serve     run the CRI daemon (RuntimeService + ImageService)\n"
-            "  image     pull, list, remove and import images\n"
-            "  version   print the version\n"
+            "  pod       create, list, inspect, stop and remove pods (CRI client)\n"
+            "  app       add, start, stop, rm, list, status, exec, attach, logs of apps\n"
+            "  image     pull, list, remove images (CRI); import into the store\n"
+            "  version   print the version\n\n"
+            "'rktlet COMMAND --help' describes each; pod/app/image take\n"
+            "--runtime-endpoint PATH (env RKTLET_ENDPOINT, default /run/rktlet/rktlet.sock).\n"
         )
         return 0
     command, rest = args[0], args[1:]
@@ -27,12 +32,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if command == "serve":
         return _serve(rest)
+    if (
+        command in ("pod", "app")
+        or command.startswith("-")
+        or (command == "image" and rest and not _store_image(rest))
+    ):
+        from cri import client_cmd
+
+        return client_cmd.main(args)
     if command == "image":
         from cri import image_cmd
 
         return image_cmd.main(args)
     print(f"rktlet: unknown command {command!r}", file=sys.stderr)
     return 2
+
+
+def _store_image(rest: list[str]) -> bool:
+    from cri.client_cmd import is_store_image_command
+
+    return is_store_image_command(rest)
 
 
 def _serve(argv: list[str]) -> int:

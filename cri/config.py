@@ -42,6 +42,8 @@ class Config:
     stream_tls_key: str = ""
     log_level: str = "info"
     cgroup_driver: str = "cgroupfs"
+    #: Prometheus metrics HOST:PORT; empty (the default) serves no metrics.
+    metrics_address: str = ""
     #: The raw TOML document, for sections read by other modules ([images]).
     document: dict[str, Any] = field(default_factory=dict)
 
@@ -136,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stream-address", help="streaming server HOST:PORT (127.0.0.1:0)")
     parser.add_argument("--log-level", choices=LOG_LEVELS)
     parser.add_argument("--cgroup-driver", choices=("cgroupfs", "systemd"))
+    parser.add_argument(
+        "--metrics-address",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics on HOST:PORT (default: off)",
+    )
     return parser
 
 
@@ -153,6 +160,7 @@ def load(argv: list[str]) -> Config:
         "stream_address",
         "log_level",
         "cgroup_driver",
+        "metrics_address",
     ):
         value = getattr(args, key)
         if value is not None:
@@ -170,6 +178,10 @@ def load(argv: list[str]) -> Config:
     for key in ("socket", "root", "run_dir"):
         if not Path(getattr(config, key)).is_absolute():
             raise InvalidArgument(f"{key}: must be an absolute path")
+    if config.metrics_address:
+        _host, sep, port = config.metrics_address.rpartition(":")
+        if not sep or not port.isdigit() or int(port) > 65535:
+            raise InvalidArgument(f"metrics_address: {config.metrics_address!r} is not HOST:PORT")
     if config.log_level not in LOG_LEVELS:
         raise InvalidArgument(f"log_level: must be one of {', '.join(LOG_LEVELS)}")
     return config

@@ -41,6 +41,13 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         await front.start()
         runtime.streaming = front
         log.info("streaming server on %s", front.server.base_url)
+    metrics = None
+    if config.metrics_address:
+        from cri.metrics import MetricsServer
+
+        metrics = MetricsServer(runtime, config.metrics_address)
+        metrics.start()
+        log.info("metrics on http://%s/metrics", metrics.address)
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE),
@@ -73,6 +80,8 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         await server.stop(grace=2)
         if front is not None:
             await front.stop()
+        if metrics is not None:
+            await asyncio.to_thread(metrics.stop)
         await runtime.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(socket_path)

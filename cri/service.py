@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from cri import containers, execs, sandboxes, stats
+from cri import containers, execs, metrics, sandboxes, stats
 from cri.api import api_pb2, api_pb2_grpc
 from cri.errors import Unimplemented, to_grpc_status
 from cri.images.service import ImageService
@@ -50,9 +50,13 @@ def _wrap_unary(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
         try:
             response = await method(self, request, context)
         except grpc.aio.AbortError:
+            code_of = getattr(context, "code", None)
+            aborted = code_of() if callable(code_of) else None
+            _observe(name, self, None, getattr(aborted, "name", "UNKNOWN"), started)
             raise
         except Exception as exc:
             code, message = to_grpc_status(exc)
+            _observe(name, self, None, code.name, started)
             level = logging.ERROR if code == grpc.StatusCode.UNKNOWN else logging.INFO
             log.log(
                 level,
@@ -63,10 +67,20 @@ def _wrap_unary(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
                 exc_info=code == grpc.StatusCode.UNKNOWN,
             )
             await context.abort(code, message)
-        log.debug("%s ok in %.1f ms", name, (time.perf_counter() - started) * 1000)
+        elapsed = _observe(name, self, response, "OK", started)
+        log.debug("%s ok in %.1f ms", name, elapsed * 1000)
         return response
 
     return wrapper
+
+
+def _observe(name: str, servicer: Any, response: Any, code: str, started: float) -> float:
+    """Record a finished unary call's latency (and image pulls) in the metrics."""
+    elapsed = time.perf_counter() - started
+    metrics.observe_call(name, code, elapsed)
+    if name == "PullImage":
+        metrics.observe_pull(servicer, response, code, elapsed)
+    return elapsed
 
 
 def _wrap_stream(name: str, method: Callable[..., Any]) -> Callable[..., Any]:

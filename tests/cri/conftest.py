@@ -69,7 +69,9 @@ def test_netns() -> Iterator[str]:
 class Daemon:
     """One ``rktlet serve`` process and a CRI client for it."""
 
-    def __init__(self, base: Path, run_dir: Path, netns: str) -> None:
+    def __init__(
+        self, base: Path, run_dir: Path, netns: str, extra_args: list[str] | None = None
+    ) -> None:
         self.base = base
         self.root = base / "root"
         self.run_dir = run_dir
@@ -83,6 +85,8 @@ class Daemon:
         self.channel: grpc.Channel | None = None
         self.runtime: Any = None
         self.images: Any = None
+        #: More ``rktlet serve`` flags (e.g. ``--metrics-address``).
+        self.extra_args = list(extra_args or [])
 
     def command(self) -> list[str]:
         return [
@@ -104,6 +108,7 @@ class Daemon:
             "debug",
             "--default-subnet",
             "10.89.0.0/24",
+            *self.extra_args,
         ]
 
     def start(self) -> None:
