@@ -137,9 +137,10 @@ class MonitorConnection:
                     future.set_exception(ConnectionError("monitor closed the connection"))
 
 
-async def start_monitor(run_dir: str) -> int:
-    """Start a detached monitor for a pod; its pid once the socket is up."""
+async def start_monitor(run_dir: str, sandbox_id: str = "") -> int:
+    """Start a pod's monitor (a transient systemd unit under systemd, else detached)."""
+    unit = f"rktlet-pod-{sandbox_id[:16]}" if sandbox_id else ""
     try:
-        return await asyncio.to_thread(start_detached, run_dir)
+        return await asyncio.to_thread(start_detached, run_dir, unit=unit)
     except (RuntimeError, OSError) as exc:
         raise Unavailable(f"cannot start the pod monitor: {exc}") from None

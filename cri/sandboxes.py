@@ -136,7 +136,7 @@ async def _create(
 
     # The monitor needs no network: start it while CNI works.
     run_dir = rt.pod_run_dir(sandbox_id)
-    monitor_start = asyncio.create_task(start_monitor(run_dir))
+    monitor_start = asyncio.create_task(start_monitor(run_dir, sandbox_id))
 
     async def stop_monitor() -> None:
         with contextlib.suppress(BaseException):

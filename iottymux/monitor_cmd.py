@@ -88,6 +88,7 @@ def _serve(run_dir: str, ready_fd: int, *, detached: bool) -> int:
         if ready_fd >= 0:
             os.write(ready_fd, b"ready %d\n" % os.getpid())
             os.close(ready_fd)
+        notify_systemd(f"READY=1\nMAINPID={os.getpid()}")
 
     try:
         run_monitor(run_dir, ready, on_idle=_heap_trimmer(libc))
@@ -102,6 +103,27 @@ def _serve(run_dir: str, ready_fd: int, *, detached: bool) -> int:
         traceback.print_exc()
         return 1
     return 0
+
+
+def notify_systemd(state: str) -> bool:
+    """sd_notify: tell the service manager our state, when it asked (NOTIFY_SOCKET).
+
+    Under ``systemd-run --service-type=notify`` this is what makes systemd-run
+    return only once the control socket accepts connections.
+    """
+    address = os.environ.pop("NOTIFY_SOCKET", "")
+    if not address or address[0] not in "/@":
+        return False
+    import socket
+
+    target = "\0" + address[1:] if address[0] == "@" else address
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        try:
+            sock.sendto(state.encode(), target)
+        except OSError as exc:
+            print(f"iottymux monitor: cannot notify systemd: {exc}", file=sys.stderr)
+            return False
+    return True
 
 
 def _close_fds_except(keep: list[int]) -> None:
@@ -206,11 +228,56 @@ def monitor_command(run_dir: str) -> tuple[list[str], dict[str, str]]:
     return argv, env
 
 
-def start_detached(run_dir: str, timeout: float = 30.0) -> int:
-    """Start a detached monitor for ``run_dir`` and return its pid once it is ready."""
+def systemd_running() -> bool:
+    """Whether the host's service manager is systemd (sd_booted's test)."""
+    return os.path.isdir("/run/systemd/system")
+
+
+def systemd_run_command(run_dir: str, unit: str) -> tuple[list[str], dict[str, str]]:
+    """The monitor as a transient systemd service, the way rktlet started rkt pods.
+
+    KillMode=process: stopping the unit must not kill the containers' processes
+    behind the monitor's back (the monitor stops them itself); notify: systemd-run
+    returns once the monitor said READY=1, i.e. its control socket is up.
+    """
+    argv, env = monitor_command(run_dir)
+    argv = [a for a in argv if a != "--detach"]
+    runner = [
+        "systemd-run",
+        f"--unit={unit}",
+        "--service-type=notify",
+        "--collect",
+        "--quiet",
+        "--property=KillMode=process",
+        "--property=OOMScoreAdjust=-999",
+        f"--setenv=PYTHONPATH={env['PYTHONPATH']}",
+    ]
+    return [*runner, *argv], env
+
+
+def start_detached(run_dir: str, timeout: float = 30.0, *, unit: str = "") -> int:
+    """Start a monitor for ``run_dir`` that outlives the caller; its pid once it is ready.
+
+    Under systemd (and when ``unit`` names the transient unit to use) the monitor runs
+    as its own service; otherwise it double-forks away from the caller.
+    """
     import subprocess
 
-    argv, env = monitor_command(os.path.abspath(run_dir))
+    run_dir = os.path.abspath(run_dir)
+    if unit and systemd_running() and os.environ.get("RKTLET_NO_SYSTEMD") != "1":
+        argv, env = systemd_run_command(run_dir, unit)
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr.strip() or f"systemd-run exited {done.returncode}")
+        shown = subprocess.run(
+            ["systemctl", "show", "--property=MainPID", "--value", unit],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=True,
+        )
+        return int(shown.stdout.strip())
+    argv, env = monitor_command(run_dir)
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         raise RuntimeError(done.stderr.strip() or f"monitor exited with {done.returncode}")
