@@ -34,7 +34,11 @@ async def exec_sync(rt: Runtime, request: api_pb2.ExecSyncRequest) -> Any:
         raise FailedPrecondition(f"container_id: container {record.id} is not running")
     sandbox = rt.sandbox(record.sandbox_id)
     spec = json.loads((rt.bundle_dir(record.id) / "config.json").read_text())
-    runc = Runc(rt.runc_root, binary=rt.config.handler_binary(sandbox.runtime_handler))
+    runc = Runc(
+        rt.runc_root,
+        binary=rt.config.handler_binary(sandbox.runtime_handler),
+        exec_helper=rt.exec_helper,
+    )
     result = await runc.exec_sync(
         record.id,
         process_spec_for_exec(spec, cmd, False),

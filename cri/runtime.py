@@ -30,6 +30,7 @@ from cri.images.service import ImageService
 from cri.images.store import ImageStore
 from cri.monitors import MonitorConnection
 from cri.network.cni import CNINetwork
+from cri.oci.exec_helper import ExecHelper
 from cri.store import ContainerRecord, SandboxRecord, Store
 
 log = logging.getLogger("rktlet.runtime")
@@ -86,6 +87,8 @@ class Runtime:
         #: Per-object locks so that two RPCs on one pod or container serialise.
         self._locks: dict[str, asyncio.Lock] = {}
         self.streaming: Any = None
+        #: Runs every exec (ExecSync and streaming) without an interpreter start each.
+        self.exec_helper = ExecHelper(str(self.run_dir / "exec-helper.sock"))
 
     # -- paths -----------------------------------------------------------------
 
@@ -317,6 +320,7 @@ class Runtime:
         self.events.close()
         with contextlib.suppress(Exception):
             await self.images.aclose()
+        self.exec_helper.stop()
         self.store.close()
 
 

@@ -25,7 +25,6 @@ import secrets
 import signal
 import socket
 import struct
-import sys
 import termios
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -33,7 +32,7 @@ from typing import Any
 
 from cri.api import api_pb2
 from cri.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
-from cri.oci.runc import _SHIM, Runc, process_spec_for_exec
+from cri.oci.runc import Runc, process_spec_for_exec
 from cri.runtime import Runtime
 from iottymux import attachproto as proto
 from streaming import errors as streaming_errors
@@ -176,41 +175,25 @@ class ContainerStreamingRuntime:
         """Start runc exec --detach under the subreaper shim; await its exit code."""
 
         async def run(after_spawn: Callable[[], object]) -> int:
-            status_r, status_w = os.pipe2(os.O_CLOEXEC)
+            # The daemon's exec helper runs runc and reaps the exec'd process; its
+            # report carries the wait status.
+            null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            fds = [
+                null if fd == asyncio.subprocess.DEVNULL else fd for fd in (stdin, stdout, stderr)
+            ]
             try:
-                proc = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-I",
-                    "-S",
-                    _SHIM,
-                    str(status_w),
-                    "--",
-                    *argv,
-                    stdin=stdin,
-                    stdout=stdout,
-                    stderr=stderr,
-                    pass_fds=(status_w,),
-                )
+                sock = await self.rt.exec_helper.submit(argv, str(pid_file), fds)
             finally:
-                os.close(status_w)
+                os.close(null)
                 after_spawn()
             try:
-                await proc.wait()
-                report = await asyncio.to_thread(os.read, status_r, 4096)
+                status = await self.rt.exec_helper.result(sock)
             except asyncio.CancelledError:
                 _kill_pid_file(pid_file)
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
                 raise
-            finally:
-                os.close(status_r)
-            try:
-                status = json.loads(report) if report else {}
-            except ValueError:
-                status = {}
             if "status" in status:
                 return _exit_code(os.waitstatus_to_exitcode(int(status["status"])))
-            raise Unavailable(f"runc exec failed: {status or 'no status from the exec shim'}")
+            raise Unavailable(f"runc exec failed: {status}")
 
         return run
 

@@ -34,6 +34,7 @@ from cri.errors import (
     NotFound,
     RktletError,
 )
+from cri.oci.exec_helper import ExecHelper
 
 __all__ = [
     "DEFAULT_MAX_OUTPUT",
@@ -224,8 +225,11 @@ class Runc:
         binary: str = "runc",
         systemd_cgroup: bool = False,
         log_dir: str | os.PathLike[str] | None = None,
+        exec_helper: ExecHelper | None = None,
     ) -> None:
         self.root = os.fspath(root)
+        #: Runs exec'd processes without an interpreter start each (else the shim).
+        self.exec_helper = exec_helper
         self.binary = binary
         self.systemd_cgroup = systemd_cgroup
         # Not inside root: runc treats every directory there as a container.
@@ -391,11 +395,91 @@ class Runc:
             container_id, process_path, log_path=log_path, detach=True, pid_file=pid_file
         )
         try:
+            if self.exec_helper is not None:
+                return await self._exec_via_helper(
+                    argv, pid_file, log_path, timeout, stdin, max_output
+                )
             return await self._exec_collect(argv, pid_file, log_path, timeout, stdin, max_output)
         finally:
             for path in (process_path, pid_file, log_path):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
+
+    async def _exec_via_helper(
+        self,
+        argv: list[str],
+        pid_file: str,
+        log_path: str,
+        timeout: float | None,
+        stdin: bytes | None,
+        max_output: int,
+    ) -> ExecResult:
+        """:meth:`_exec_collect`, with the daemon's exec helper instead of a shim each."""
+        assert self.exec_helper is not None
+        loop = asyncio.get_running_loop()
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        if stdin is not None:
+            in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        else:
+            in_r, in_w = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), -1
+        try:
+            sock = await self.exec_helper.submit(argv, pid_file, [in_r, out_w, err_w])
+        except BaseException:
+            for fd in (out_r, err_r, in_w):
+                if fd >= 0:
+                    os.close(fd)
+            raise
+        finally:
+            for fd in (in_r, out_w, err_w):
+                os.close(fd)
+        collectors = [_Collector(loop, max_output), _Collector(loop, max_output)]
+        transports: list[asyncio.ReadTransport] = []
+        feed: asyncio.Future[None] | None = None
+        timed_out = False
+        report_task = asyncio.ensure_future(self.exec_helper.result(sock))
+        unowned = [out_r, err_r]
+        try:
+            for fd, collector in zip((out_r, err_r), collectors, strict=True):
+                transport, _ = await loop.connect_read_pipe(
+                    collector.factory, os.fdopen(fd, "rb", buffering=0, closefd=True)
+                )
+                unowned.remove(fd)
+                transports.append(transport)
+            if stdin is not None:
+                feed = loop.run_in_executor(None, _write_all, in_w, stdin)
+                in_w = -1
+            try:
+                status = await asyncio.wait_for(asyncio.shield(report_task), timeout)
+            except TimeoutError:
+                timed_out = True
+                self._kill_exec(pid_file)
+                status = await asyncio.wait_for(report_task, 10.0)
+            await asyncio.wait([c.done for c in collectors], timeout=DRAIN_TIMEOUT)
+        except BaseException:
+            self._kill_exec(pid_file)
+            report_task.cancel()
+            raise
+        finally:
+            for transport in transports:
+                transport.close()
+            for fd in unowned:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            if in_w >= 0:
+                os.close(in_w)
+        if feed is not None:
+            await asyncio.wait([feed], timeout=DRAIN_TIMEOUT)
+        stdout, stderr = (c.data() for c in collectors)
+        truncated = any(c.truncated for c in collectors)
+        if "status" in status:
+            code = os.waitstatus_to_exitcode(int(status["status"]))
+            code = 128 - code if code < 0 else code
+            return ExecResult(code, stdout, stderr, timed_out=timed_out, truncated=truncated)
+        log_text = self._read_and_remove(log_path)
+        if "runc" in status:
+            raise self._error(argv, int(status["runc"]), log_text, stderr)
+        raise RuncError(f"runc exec: {status.get('error', 'no report')}", command=argv)
 
     async def _exec_collect(
         self,

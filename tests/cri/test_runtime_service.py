@@ -287,6 +287,14 @@ def test_exec_sync(daemon: Daemon) -> None:
         )
     )
     assert (reply.stdout, reply.stderr, reply.exit_code) == (b"out\n", b"err\n", 7)
+    started = time.monotonic()
+    background = daemon.runtime.ExecSync(
+        api_pb2.ExecSyncRequest(
+            container_id=container_id, cmd=["sh", "-c", "sleep 30 & echo left a child"]
+        )
+    )
+    assert (background.stdout, background.exit_code) == (b"left a child\n", 0)
+    assert time.monotonic() - started < 10, "a background child held the ExecSync"
     big = daemon.runtime.ExecSync(
         api_pb2.ExecSyncRequest(
             container_id=container_id, cmd=["sh", "-c", "head -c 20000000 /dev/zero"]
