@@ -175,6 +175,22 @@ def _log_message(log_text: str, stderr: bytes) -> str:
     return stderr.decode("utf-8", "replace").strip() or "no error message"
 
 
+async def _connect_collectors(
+    loop: asyncio.AbstractEventLoop,
+    fds: tuple[int, int],
+    collectors: list[_Collector],
+    transports: list[asyncio.ReadTransport],
+    unowned: list[int],
+) -> None:
+    """Read each pipe into its collector; a fd a transport took over leaves ``unowned``."""
+    for fd, collector in zip(fds, collectors, strict=True):
+        transport, _ = await loop.connect_read_pipe(
+            collector.factory, os.fdopen(fd, "rb", buffering=0, closefd=True)
+        )
+        unowned.remove(fd)
+        transports.append(transport)
+
+
 def _write_all(fd: int, data: bytes) -> None:
     """Write ``data`` to a pipe and close it (in a worker thread: the pipe may block)."""
     try:
@@ -440,12 +456,7 @@ class Runc:
         report_task = asyncio.ensure_future(self.exec_helper.result(sock))
         unowned = [out_r, err_r]
         try:
-            for fd, collector in zip((out_r, err_r), collectors, strict=True):
-                transport, _ = await loop.connect_read_pipe(
-                    collector.factory, os.fdopen(fd, "rb", buffering=0, closefd=True)
-                )
-                unowned.remove(fd)
-                transports.append(transport)
+            await _connect_collectors(loop, (out_r, err_r), collectors, transports, unowned)
             if stdin is not None:
                 feed = loop.run_in_executor(None, _write_all, in_w, stdin)
                 in_w = -1
@@ -470,16 +481,7 @@ class Runc:
                 os.close(in_w)
         if feed is not None:
             await asyncio.wait([feed], timeout=DRAIN_TIMEOUT)
-        stdout, stderr = (c.data() for c in collectors)
-        truncated = any(c.truncated for c in collectors)
-        if "status" in status:
-            code = os.waitstatus_to_exitcode(int(status["status"]))
-            code = 128 - code if code < 0 else code
-            return ExecResult(code, stdout, stderr, timed_out=timed_out, truncated=truncated)
-        log_text = self._read_and_remove(log_path)
-        if "runc" in status:
-            raise self._error(argv, int(status["runc"]), log_text, stderr)
-        raise RuncError(f"runc exec: {status.get('error', 'no report')}", command=argv)
+        return self._exec_result(status, argv, log_path, collectors, timed_out, "no report")
 
     async def _exec_collect(
         self,
@@ -526,12 +528,7 @@ class Runc:
         timed_out = False
         unowned = [out_r, err_r]  # closed by us unless a transport took them over
         try:
-            for fd, collector in zip((out_r, err_r), collectors, strict=True):
-                transport, _ = await loop.connect_read_pipe(
-                    collector.factory, os.fdopen(fd, "rb", buffering=0, closefd=True)
-                )
-                unowned.remove(fd)
-                transports.append(transport)
+            await _connect_collectors(loop, (out_r, err_r), collectors, transports, unowned)
             if stdin is not None:
                 feed = loop.run_in_executor(None, _write_all, in_w, stdin)
                 in_w = -1  # owned by the writer now
@@ -567,12 +564,31 @@ class Runc:
         if feed is not None:
             # The writer ends when the process closes its stdin or exits (EPIPE).
             await asyncio.wait([feed], timeout=DRAIN_TIMEOUT)
-        stdout, stderr = (c.data() for c in collectors)
-        truncated = any(c.truncated for c in collectors)
         try:
             status = json.loads(report) if report else {}
         except ValueError:
             status = {}
+        return self._exec_result(
+            status,
+            argv,
+            log_path,
+            collectors,
+            timed_out,
+            f"exec shim exited with {proc.returncode}",
+        )
+
+    def _exec_result(
+        self,
+        status: Mapping[str, Any],
+        argv: list[str],
+        log_path: str,
+        collectors: list[_Collector],
+        timed_out: bool,
+        no_report: str,
+    ) -> ExecResult:
+        """Turn a shim's or the helper's report into an ExecResult, or runc's error."""
+        stdout, stderr = (c.data() for c in collectors)
+        truncated = any(c.truncated for c in collectors)
         if "status" in status:
             code = os.waitstatus_to_exitcode(int(status["status"]))
             code = 128 - code if code < 0 else code
@@ -580,7 +596,7 @@ class Runc:
         log_text = self._read_and_remove(log_path)
         if "runc" in status:
             raise self._error(argv, int(status["runc"]), log_text, stderr)
-        detail = status.get("error") or f"exec shim exited with {proc.returncode}"
+        detail = status.get("error") or no_report
         raise RuncError(f"runc exec: {detail}", command=argv)
 
     @staticmethod
