@@ -15,8 +15,9 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from types import FrameType
 from typing import IO, Final
@@ -133,7 +134,63 @@ def resolve_via_daemon(name: str, socket_path: str) -> list[LogSource]:
     if not status.log_path:
         raise DaemonUnavailable(f"container {container.id[:12]} has no log file")
     label = container.metadata.name or container.id[:12]
-    return [LogSource.for_file(status.log_path, SourceInfo(label=label, container=label))]
+    source = LogSource.for_file(status.log_path, SourceInfo(label=label, container=label))
+    DAEMON_SOURCES[_source_key(source)] = (socket_path, container.id)
+    return [source]
+
+
+def _source_key(source: LogSource) -> str:
+    return os.path.join(source.directory, source.base or "")
+
+
+#: Sources a daemon resolved: log file -> (socket, container id), so that ``-f``
+#: can stop once the daemon says the container has exited, as the kubelet's does.
+DAEMON_SOURCES: dict[str, tuple[str, str]] = {}
+
+
+def exit_watcher(sources: Sequence[LogSource], period: float = 1.0) -> Callable[[], bool] | None:
+    """A ``should_stop`` for follow: true once every container has exited.
+
+    Only when every source came from the daemon: a plain file says nothing about
+    whether its writer is still alive.
+    """
+    keys = [_source_key(source) for source in sources]
+    if not keys or any(key not in DAEMON_SOURCES for key in keys):
+        return None
+    watched = [DAEMON_SOURCES[key] for key in keys]
+    last_check = 0.0
+
+    def all_exited() -> bool:
+        nonlocal last_check
+        now = time.monotonic()
+        if now - last_check < period:
+            return False
+        last_check = now
+        import grpc
+
+        from cri.api import api_pb2, api_pb2_grpc
+
+        for socket_path, container_id in watched:
+            try:
+                with grpc.insecure_channel(f"unix://{socket_path}") as channel:
+                    status = (
+                        api_pb2_grpc.RuntimeServiceStub(channel)
+                        .ContainerStatus(
+                            api_pb2.ContainerStatusRequest(container_id=container_id), timeout=5
+                        )
+                        .status
+                    )
+            except grpc.RpcError as exc:
+                # Like the kubelet: a daemon that is away does not end the follow;
+                # a container that is gone does.
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    continue
+                return False
+            if status.state != api_pb2.ContainerState.CONTAINER_EXITED:
+                return False
+        return True
+
+    return all_exited
 
 
 def _has_restart_logs(directory: str) -> bool:
@@ -478,7 +535,7 @@ def _follow(
             output.flush()
             return more
 
-        group.run(emit)
+        group.run(emit, should_stop=exit_watcher(sources))
     finally:
         group.close()
 

@@ -515,3 +515,47 @@ def test_iottymux_logs_resolves_a_container_through_the_daemon(daemon: Daemon) -
         )
         assert done.returncode == 0, done.stderr
         assert done.stdout == "found by name\n"
+
+
+def test_iottymux_logs_follow_ends_when_the_container_exits(daemon: Daemon) -> None:
+    import sys
+
+    pod_id, pod_config = daemon.run_pod("followed")
+    container = daemon.run_container(
+        pod_id,
+        pod_config,
+        daemon.container_config(
+            "followed", "busybox", ["sh", "-c", "echo first; read x; echo last"], stdin=True
+        ),
+    )
+    follower = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "iottymux",
+            "logs",
+            "-f",
+            "--rktlet-socket",
+            daemon.socket,
+            container[:12],
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert follower.stdout is not None
+        assert follower.stdout.readline() == "first\n"
+        from iottymux.attachclient import AttachClient, endpoint_path
+
+        with AttachClient(endpoint_path(str(daemon.run_dir / "pods" / pod_id), container)) as c:
+            c.send_stdin(b"go\n")
+            c.collect()
+        assert follower.stdout.readline() == "last\n"
+        # The container has exited: the follow ends by itself, as the kubelet's does.
+        assert follower.wait(timeout=30) == 0
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+        if follower.stdout is not None:
+            follower.stdout.close()
