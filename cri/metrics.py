@@ -70,6 +70,18 @@ IMAGE_PULL_BYTES = Counter(
     registry=REGISTRY,
 )
 
+STREAMING_SESSIONS = Counter(
+    "rktlet_streaming_sessions",
+    "Exec, attach and port-forward sessions served, by kind and negotiated protocol.",
+    ("kind", "protocol"),
+    registry=REGISTRY,
+)
+
+
+def observe_streaming_session(kind: str, protocol: str) -> None:
+    STREAMING_SESSIONS.labels(kind, protocol).inc()
+
+
 #: (method, code) -> the histogram child, so that a call costs one dict lookup.
 _children: dict[tuple[str, str], Any] = {}
 

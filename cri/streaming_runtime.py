@@ -37,6 +37,7 @@ from cri.runtime import Runtime
 from iottymux import attachproto as proto
 from streaming import errors as streaming_errors
 from streaming import portforward
+from streaming.config import StreamingConfig
 from streaming.requests import AttachRequest, ExecRequest, PortForwardRequest
 from streaming.runtime import DuplexStream, OutputStream, ResizeQueue, Streams
 from streaming.server import Server
@@ -431,12 +432,15 @@ class StreamingFront:
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit():
             raise InvalidArgument(f"stream_address: {address!r} is not HOST:PORT")
+        from cri.metrics import observe_streaming_session
+
         self.server = Server(
             ContainerStreamingRuntime(rt),
             address=host.strip("[]"),
             port=int(port),
             tls_cert_file=tls_cert or None,
             tls_key_file=tls_key or None,
+            config=StreamingConfig(on_session=observe_streaming_session),
         )
 
     async def start(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -23,3 +24,6 @@ class StreamingConfig:
     request_timeout: float = 30.0
     #: Time for a port-forward dial inside the pod's network namespace.
     dial_timeout: float = 10.0
+    #: Called as (kind, protocol) when a session has been upgraded: kind is exec,
+    #: attach or portforward; protocol the negotiated one.  For metrics.
+    on_session: Callable[[str, str], None] | None = None

@@ -378,6 +378,21 @@ class Server:
         trailing, _closed = http.trailing_data
         return bytes(trailing)
 
+    def _session_started(self, request: StreamRequest, protocol: str) -> None:
+        hook = self.config.on_session
+        if hook is None:
+            return
+        if isinstance(request, PortForwardRequest):
+            kind = "portforward"
+        elif isinstance(request, ExecRequest):
+            kind = "exec"
+        else:
+            kind = "attach"
+        try:
+            hook(kind, protocol)
+        except Exception:  # a metrics hook must never break a session
+            log.exception("on_session hook failed")
+
     async def _spdy(
         self, http: h11.Connection, transport: NetworkStream, head: _Head, request: StreamRequest
     ) -> None:
@@ -405,6 +420,7 @@ class Server:
         initial = await self._switch(
             http, transport, head, [("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1"), *echo]
         )
+        self._session_started(request, chosen)
         if isinstance(request, PortForwardRequest):
             await serve_spdy_port_forward(transport, initial, request, self.runtime, self.config)
         else:
@@ -425,6 +441,7 @@ class Server:
             raise _HttpError(answer.status, answer.body, answer.headers)
         initial = await self._switch(http, transport, head, answer.headers)
         protocol = answer.subprotocol
+        self._session_started(request, f"websocket/{protocol}")
         if isinstance(request, PortForwardRequest):
             if protocol == rc.PORT_FORWARD_TUNNEL:
                 await serve_ws_tunnel_port_forward(

@@ -89,7 +89,21 @@ def test_metrics_counts_calls_logs_and_pulls(metrics_daemon: Daemon) -> None:
             timeout=60,
         )
 
+    # One exec over SPDY, counted by kind and negotiated protocol.
+    from streaming.client import spdy_exec
+    from tests.cri.test_streaming import exec_url, in_netns
+
+    sleeper = daemon.run_container(
+        pod_id, pod_config, daemon.container_config("sleeper", "busybox", ["sleep", "600"])
+    )
+    url = exec_url(daemon, sleeper, ["true"], stdout=True)
+    assert in_netns(daemon, lambda: spdy_exec(url, stderr=False)).exit_code == 0
+
     samples = scrape(daemon)
+    assert (
+        value(samples, "rktlet_streaming_sessions_total", kind="exec", protocol="v5.channel.k8s.io")
+        == 1
+    )
     ids = {"container_id": container_id, "pod_sandbox_id": pod_id, "container_name": "talker"}
     # 50 short lines, then a 20,000-byte line: one P piece (16 KiB) and its F.
     assert value(samples, "rktlet_container_log_lines_total", **ids) == 52
@@ -106,7 +120,7 @@ def test_metrics_counts_calls_logs_and_pulls(metrics_daemon: Daemon) -> None:
 
     calls = "rktlet_cri_request_duration_seconds_count"
     assert value(samples, calls, method="RunPodSandbox", code="OK") == 1
-    assert value(samples, calls, method="StartContainer", code="OK") == 1
+    assert value(samples, calls, method="StartContainer", code="OK") == 2
     assert value(samples, calls, method="ContainerStatus", code="NOT_FOUND") == 1
     pulls = value(samples, "rktlet_image_pull_duration_seconds_count")
     assert pulls == 1
