@@ -35,6 +35,21 @@ def _set_subreaper(libc: Any) -> None:
         raise OSError(errno, os.strerror(errno), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+
+
+def _tune_malloc(libc: Any) -> None:
+    # Every read allocates ~1 MiB twice (the read, the framed copy).  By default
+    # glibc serves such blocks with mmap, or trims the heap after each free, so
+    # every read faults in fresh pages; keep them on the heap instead.  The
+    # idle-time malloc_trim below still hands the memory back when the pod is quiet.
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is not None:
+        mallopt(M_MMAP_THRESHOLD, 4 << 20)
+        mallopt(M_TRIM_THRESHOLD, 32 << 20)
+
+
 def _heap_trimmer(libc: Any) -> Callable[[], None] | None:
     # After a burst of output, the read and framing buffers (a few MiB) stay in
     # glibc's heap; handing them back when the pod goes quiet keeps an idle
@@ -81,6 +96,7 @@ def _serve(run_dir: str, ready_fd: int, *, detached: bool) -> int:
         keep = [ready_fd] if ready_fd >= 0 else []
         _close_fds_except(keep)
     libc = _libc()
+    _tune_malloc(libc)
     _set_subreaper(libc)
     _protect_from_oom()
 
