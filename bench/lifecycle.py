@@ -65,11 +65,11 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -288,7 +288,22 @@ def machine_lines() -> list[str]:
     ]
 
 
-def version_lines(targets: list[Target]) -> list[str]:
+class Labelled(Protocol):
+    """A measured runtime as the report names it (lifecycle's Target, streaming's Side)."""
+
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
+
+
+PEER_PACKAGES = ("containerd", "runc", "containernetworking-plugins", "docker-registry")
+
+
+def version_lines(
+    targets: Sequence[Labelled], packages: Sequence[str] = PEER_PACKAGES
+) -> list[str]:
     import importlib.metadata
 
     def dist(name: str) -> str:
@@ -302,11 +317,7 @@ def version_lines(targets: list[Target]) -> list[str]:
         f"runc: {tool_version(['runc', '--version'])}",
         f"python: {sys.version.split()[0]} ({sys.executable}); grpcio {dist('grpcio')}, "
         f"protobuf {dist('protobuf')}, rktlet {dist('rktlet')}",
-        "debian packages: "
-        + ", ".join(
-            f"{p} {package_version(p)}"
-            for p in ("containerd", "runc", "containernetworking-plugins", "docker-registry")
-        ),
+        "debian packages: " + ", ".join(f"{p} {package_version(p)}" for p in packages),
     ]
     lines += [f"{target.label} CRI Version: {target.version}" for target in targets]
     return lines

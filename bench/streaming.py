@@ -73,14 +73,12 @@ from bench._cri_peer import (
     PeerError,
     RktletDaemon,
     make_run_dir,
-    package_version,
     python_env,
     remove_cgroup_tree,
     start_registry,
-    tool_version,
     write_conflist,
 )
-from bench.lifecycle import Cleanups, describe_rpc_error, log, machine_lines
+from bench.lifecycle import Cleanups, describe_rpc_error, log, machine_lines, version_lines
 from cri.api import api_pb2
 from streaming.client import SpdyPortForward, spdy_exec
 
@@ -327,30 +325,6 @@ def setup_side(
 # -- report ---------------------------------------------------------------------------------
 
 
-def version_lines(sides: list[Side]) -> list[str]:
-    import importlib.metadata
-
-    def dist(name: str) -> str:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            return "?"
-
-    lines = [
-        f"containerd: {tool_version(['containerd', '--version'])}",
-        f"runc: {tool_version(['runc', '--version'])}",
-        f"python: {sys.version.split()[0]} ({sys.executable}); grpcio {dist('grpcio')}, "
-        f"protobuf {dist('protobuf')}, rktlet {dist('rktlet')}",
-        "debian packages: "
-        + ", ".join(
-            f"{p} {package_version(p)}"
-            for p in ("containerd", "runc", "containernetworking-plugins", "busybox-static")
-        ),
-    ]
-    lines += [f"{side.label} CRI Version: {side.version}" for side in sides]
-    return lines
-
-
 def print_summary(sides: list[Side]) -> None:
     print(
         f"\n{'medians over rounds':<20} {'exec p50 ms':>12} {'exec p95 ms':>12} "
@@ -453,7 +427,9 @@ def main(argv: list[str] | None = None) -> int:
         for line in machine_lines():
             print(line)
         print(f"load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f} (1 min)")
-        for line in version_lines(sides):
+        for line in version_lines(
+            sides, ("containerd", "runc", "containernetworking-plugins", "busybox-static")
+        ):
             print(line)
         print(
             f"workload: {args.runs} rounds, runtimes alternating; per round and runtime "
