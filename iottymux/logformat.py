@@ -385,11 +385,6 @@ class LineFramer:
         tail, self._pending = self._pending, b""
         return timestamp + self._full + tail + b"\n", 1
 
-    def take_pending(self) -> bytes:
-        """Remove and return the unfinished tail (used when a stream is re-homed)."""
-        tail, self._pending = self._pending, b""
-        return tail
-
 
 # ---------------------------------------------------------------------------
 # Decoding helpers for readers (iottymux.logreader)

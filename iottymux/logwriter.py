@@ -52,7 +52,6 @@ class LogStats:
         "lines",
         "bytes",
         "reads",
-        "partial_splits",
         "dropped_lines",
         "dropped_bytes",
         "write_errors",
@@ -63,7 +62,6 @@ class LogStats:
         self.lines = 0  # records written, P pieces included
         self.bytes = 0  # bytes of app output taken in
         self.reads = 0  # reads of app output (bytes / reads: how well reads batch)
-        self.partial_splits = 0  # P records caused by the max line size
         self.dropped_lines = 0
         self.dropped_bytes = 0
         self.write_errors = 0
@@ -74,7 +72,6 @@ class LogStats:
             "lines": self.lines,
             "bytes": self.bytes,
             "reads": self.reads,
-            "partial_splits": self.partial_splits,
             "dropped_lines": self.dropped_lines,
             "dropped_bytes": self.dropped_bytes,
             "write_errors": self.write_errors,
@@ -85,13 +82,12 @@ class LogStats:
 class LogFile:
     """An ``O_APPEND`` file written one batch at a time, dropping on failure."""
 
-    __slots__ = ("failing", "fd", "path", "stats")
+    __slots__ = ("fd", "path", "stats")
 
     def __init__(self, path: str, stats: LogStats) -> None:
         self.path = path
         self.fd = open_log(path)
         self.stats = stats
-        self.failing = False
 
     def write(self, parts: Sequence[Buffer], size: int, records: int) -> bool:
         """Append one batch (``records`` whole records); False if it was dropped."""
@@ -107,7 +103,6 @@ class LogFile:
         except OSError as exc:
             self._drop(size, records, written, exc)
             return False
-        self.failing = False
         self.stats.lines += records
         return True
 
@@ -120,7 +115,6 @@ class LogFile:
                 os.ftruncate(self.fd, end - written)
             except OSError:
                 pass
-        self.failing = True
         self.stats.dropped_lines += records
         self.stats.dropped_bytes += size
         self.stats.write_errors += 1
@@ -140,7 +134,6 @@ class AppLog:
     ) -> None:
         self.stats = LogStats()
         self.file = LogFile(path, self.stats)
-        self.max_line_size = max_line_size
         self.framers = {
             STDOUT: LineFramer(STDOUT, max_line_size, crlf=tty),
             STDERR: LineFramer(STDERR, max_line_size, crlf=tty),
@@ -161,8 +154,9 @@ class AppLog:
             self.file.write(parts, size, records)
 
     def stats_dict(self) -> dict[str, int | str]:
-        self.stats.partial_splits = sum(f.splits for f in self.framers.values())
-        return self.stats.as_dict()
+        # P records caused by the max line size: the framers count them.
+        splits = sum(f.splits for f in self.framers.values())
+        return {**self.stats.as_dict(), "partial_splits": splits}
 
     def end_of_stream(self, stream: bytes) -> None:
         """The stream hit EOF: write its unfinished line, if any, as ``F``."""

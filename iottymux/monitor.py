@@ -441,6 +441,10 @@ class Monitor:
         else:
             app.exit_code = os.WEXITSTATUS(status)
             app.reason = "Completed" if app.exit_code == 0 else "Error"
+        self._record_exit(app)
+
+    def _record_exit(self, app: App) -> None:
+        """The app's exit status is set: log what it left, persist, then tell everyone."""
         # Everything the app wrote before it died is in the pipes now: log it
         # before the exit becomes visible to anyone.
         for output in list(app.outputs):
@@ -788,19 +792,11 @@ class Monitor:
             pid = spawn(app.command, app.child_stdio, env=env, cwd=app.cwd)
         except SpawnError as exc:
             app.close_child_ends()
-            app.state = "exited"
             app.exit_code = 127 if exc.errno == errno.ENOENT else 126
             app.finished_at = time.time_ns()
             app.reason = "StartError"
             app.message = str(exc.strerror)
-            for output in list(app.outputs):
-                self._drain(app, output)
-            self._write_state()
-            if app.attach is not None:
-                app.attach.app_exited(
-                    {"exit_code": app.exit_code, "signal": None, "reason": app.reason}
-                )
-            self._broadcast(app.exit_event())
+            self._record_exit(app)
             raise ControlError("FailedPrecondition", str(exc.strerror)) from None
         app.close_child_ends()
         app.pid = pid
