@@ -23,7 +23,7 @@ from cri.api import api_pb2
 from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from cri.oci import spec as oci_spec
 from cri.oci.image_config import ImageConfig
-from cri.runtime import CONTAINER_STATES, INFRA_APP, Runtime
+from cri.runtime import CONTAINER_STATES, INFRA_APP, Runtime, labels_match
 from cri.store import ContainerRecord, SandboxRecord, now_ns
 
 log = logging.getLogger("rktlet.containers")
@@ -364,9 +364,7 @@ async def list_(rt: Runtime, request: api_pb2.ListContainersRequest) -> Any:
             if flt.HasField("state") and CONTAINER_STATES.get(record.state) != flt.state.state:
                 continue
         config = api_pb2.ContainerConfig.FromString(record.config)
-        if flt is not None and not all(
-            config.labels.get(k) == v for k, v in flt.label_selector.items()
-        ):
+        if flt is not None and not labels_match(config.labels, flt.label_selector):
             continue
         out.append(
             api_pb2.Container(

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -342,3 +342,8 @@ def _lookup(
     if record is None:
         raise NotFound(f"{field}: {kind} {key!r} not found")
     return record
+
+
+def labels_match(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
+    """CRI label selectors: every key of the selector with the same value."""
+    return all(labels.get(key) == value for key, value in selector.items())

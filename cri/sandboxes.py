@@ -31,7 +31,7 @@ from cri.errors import AlreadyExists, InvalidArgument, NotFound, Unimplemented
 from cri.monitors import start_monitor
 from cri.network import netns, podfiles
 from cri.oci import spec as oci_spec
-from cri.runtime import INFRA_APP, Runtime
+from cri.runtime import INFRA_APP, Runtime, labels_match
 from cri.store import SandboxRecord, now_ns
 
 log = logging.getLogger("rktlet.sandboxes")
@@ -371,10 +371,6 @@ async def status(rt: Runtime, request: api_pb2.PodSandboxStatusRequest) -> Any:
     return response
 
 
-def _matches_labels(labels: Any, selector: Any) -> bool:
-    return all(labels.get(k) == v for k, v in selector.items())
-
-
 async def list_(rt: Runtime, request: api_pb2.ListPodSandboxRequest) -> Any:
     records = rt.store.list_sandboxes()
     items = []
@@ -392,7 +388,7 @@ async def list_(rt: Runtime, request: api_pb2.ListPodSandboxRequest) -> Any:
             ):
                 continue
         config = api_pb2.PodSandboxConfig.FromString(record.config)
-        if flt is not None and not _matches_labels(config.labels, flt.label_selector):
+        if flt is not None and not labels_match(config.labels, flt.label_selector):
             continue
         items.append(
             api_pb2.PodSandbox(

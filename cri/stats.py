@@ -11,7 +11,7 @@ from typing import Any
 
 from cri import cgroups
 from cri.api import api_pb2
-from cri.runtime import Runtime
+from cri.runtime import Runtime, labels_match
 from cri.store import ContainerRecord, SandboxRecord, now_ns
 
 
@@ -120,7 +120,7 @@ async def list_container_stats(rt: Runtime, request: api_pb2.ListContainerStatsR
             if flt.pod_sandbox_id and not record.sandbox_id.startswith(flt.pod_sandbox_id):
                 continue
             config = api_pb2.ContainerConfig.FromString(record.config)
-            if not all(config.labels.get(k) == v for k, v in flt.label_selector.items()):
+            if not labels_match(config.labels, flt.label_selector):
                 continue
         out.append(container_stats_proto(rt, record))
     return api_pb2.ListContainerStatsResponse(stats=out)
@@ -180,7 +180,7 @@ async def list_pod_sandbox_stats(rt: Runtime, request: api_pb2.ListPodSandboxSta
             if flt.id and not record.id.startswith(flt.id):
                 continue
             config = api_pb2.PodSandboxConfig.FromString(record.config)
-            if not all(config.labels.get(k) == v for k, v in flt.label_selector.items()):
+            if not labels_match(config.labels, flt.label_selector):
                 continue
         out.append(pod_stats_proto(rt, record))
     return api_pb2.ListPodSandboxStatsResponse(stats=out)

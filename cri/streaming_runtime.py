@@ -32,7 +32,7 @@ from typing import Any
 
 from cri.api import api_pb2
 from cri.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
-from cri.oci.runc import Runc, process_spec_for_exec
+from cri.oci.runc import Runc, process_spec_for_exec, shell_exit_code
 from cri.runtime import Runtime
 from iottymux import attachproto as proto
 from streaming import errors as streaming_errors
@@ -193,7 +193,7 @@ class ContainerStreamingRuntime:
                 _kill_pid_file(pid_file)
                 raise
             if "status" in status:
-                return _exit_code(os.waitstatus_to_exitcode(int(status["status"])))
+                return shell_exit_code(int(status["status"]))
             raise Unavailable(f"runc exec failed: {status}")
 
         return run
@@ -330,10 +330,6 @@ class ContainerStreamingRuntime:
         if sandbox.state != "ready":
             raise FailedPrecondition(f"pod {sandbox.id} is not ready")
         await portforward.forward(sandbox.info.get("netns") or None, port, stream)
-
-
-def _exit_code(code: int) -> int:
-    return 128 - code if code < 0 else code
 
 
 def _kill_pid_file(pid_file: Path) -> None:

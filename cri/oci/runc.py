@@ -102,6 +102,12 @@ class ExecResult:
     truncated: bool = False
 
 
+def shell_exit_code(wait_status: int) -> int:
+    """A wait status as a container exit code: 128+N for a process killed by signal N."""
+    code = os.waitstatus_to_exitcode(wait_status)
+    return 128 - code if code < 0 else code
+
+
 def process_spec_for_exec(
     container_spec: Mapping[str, Any],
     cmd: Sequence[str],
@@ -590,8 +596,7 @@ class Runc:
         stdout, stderr = (c.data() for c in collectors)
         truncated = any(c.truncated for c in collectors)
         if "status" in status:
-            code = os.waitstatus_to_exitcode(int(status["status"]))
-            code = 128 - code if code < 0 else code
+            code = shell_exit_code(int(status["status"]))
             return ExecResult(code, stdout, stderr, timed_out=timed_out, truncated=truncated)
         log_text = self._read_and_remove(log_path)
         if "runc" in status:
