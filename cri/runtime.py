@@ -195,6 +195,8 @@ class Runtime:
         self.publish(record, api_pb2.ContainerEventType.CONTAINER_STOPPED_EVENT)
 
     def publish(self, record: ContainerRecord, kind: int) -> None:
+        if not self.events.subscribers:
+            return  # building the statuses costs a store read and two decodes
         from cri.containers import container_status_proto
         from cri.sandboxes import sandbox_status_proto
 
