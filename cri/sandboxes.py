@@ -317,9 +317,8 @@ async def _teardown(rt: Runtime, record: SandboxRecord, *, remove: bool) -> None
         rt.monitors.pop(record.id, None)
         shutil.rmtree(rt.pod_run_dir(record.id), ignore_errors=True)
         shutil.rmtree(rt.pod_state_dir(record.id), ignore_errors=True)
-    elif record.state != "notready":
+    else:
         record.state = "notready"
-    if not remove:
         rt.store.update_sandbox(record)
 
 
