@@ -143,6 +143,17 @@ class CgroupLayout:
         mount = self.v1.get(controller)
         return mount.path_of(cgroup) if mount is not None else None
 
+    def controllers(self) -> frozenset[str] | None:
+        """The controllers a container's cgroup can use (None: the v2 root is unreadable).
+
+        On a hybrid host runc puts every limit in the v1 hierarchies, so only those
+        count, even when the unified mount offers a controller v1 left unmounted.
+        """
+        if self.mode is not CgroupMode.V2:
+            return frozenset(name for name in self.v1 if not name.startswith("name="))
+        text = _read_text(self.unified.mountpoint if self.unified else None, "cgroup.controllers")
+        return frozenset(text.split()) if text is not None else None
+
     def unified_path(self, cgroup: str) -> str | None:
         return self.unified.path_of(cgroup) if self.unified is not None else None
 

@@ -340,3 +340,24 @@ def test_remove_cgroup_reports_leftovers(v1_tree: CgroupLayout, tmp_path: Path) 
     assert cgroups.remove_cgroup("/empty", v1_tree) == []
     left = cgroups.remove_cgroup("/pod", v1_tree)  # not empty: reported, not raised
     assert left and all(p.endswith("/pod") for p in left)
+
+
+@pytest.mark.parametrize(
+    ("mountinfo", "controllers"),
+    [
+        pytest.param(
+            "32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n"
+            "40 31 0:37 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd\n",
+            {"cpu"},
+            id="v1",
+        ),
+        pytest.param(
+            "32 31 0:29 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"
+            "41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n",
+            {"memory"},
+            id="hybrid-counts-v1-only",
+        ),
+    ],
+)
+def test_controllers_of_a_layout(mountinfo: str, controllers: set[str]) -> None:
+    assert cgroups.parse_mountinfo(mountinfo).controllers() == controllers
