@@ -398,6 +398,28 @@ def test_bad_container_requests_create_nothing(daemon: Daemon) -> None:
     assert not any((daemon.root / "containers").iterdir())
 
 
+def test_failed_create_leaves_no_log_file_and_reports_the_runtime_error(daemon: Daemon) -> None:
+    pod_id, pod_config = daemon.run_pod("nolog")
+    config = daemon.container_config("broken", "busybox", ["/no/such/binary"])
+    with pytest.raises(grpc.RpcError) as err:
+        daemon.runtime.CreateContainer(
+            api_pb2.CreateContainerRequest(
+                pod_sandbox_id=pod_id, config=config, sandbox_config=pod_config
+            )
+        )
+    assert "/no/such/binary" in err.value.details()
+    log_dir = Path(pod_config.log_directory)
+    assert not (log_dir / "broken" / "0.log").exists()
+    assert not (log_dir / "broken").exists()
+    assert "/no/such/binary" in daemon.log_file.read_text()
+    assert daemon.runtime.ListContainers(api_pb2.ListContainersRequest()).containers == []
+    # The kubelet retries with the same attempt: that create works, and logs.
+    good = daemon.container_config("broken", "busybox", ["echo", "second try"])
+    cid = daemon.run_container(pod_id, pod_config, good)
+    daemon.wait_exited(cid)
+    assert log_lines(str(log_dir / "broken" / "0.log")) == [b"second try"]
+
+
 def test_daemon_killed_and_restarted_while_pods_log(daemon: Daemon) -> None:
     pod_id, pod_config = daemon.run_pod("survivor")
     ticker = daemon.run_container(
