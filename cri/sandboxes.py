@@ -129,8 +129,11 @@ async def _create(
         shutil.rmtree(state_dir, ignore_errors=True)
 
     undo.append(remove_state_dir)
-    hostname = config.hostname or (socket.gethostname() if host_network else config.metadata.name)
-    podfiles.validate_hostname(hostname)
+    if config.hostname:
+        podfiles.validate_hostname(config.hostname, "config.hostname")
+    # Empty means the node's host name, as containerd does; the pod's name never stands
+    # in for it (crictl's generated pod names are longer than a host name may be).
+    hostname = config.hostname or socket.gethostname()
     podfiles.validate_dns_config(config.dns_config if config.HasField("dns_config") else None)
     record.info.update(host_network=host_network, hostname=hostname, ip="", additional_ips=[])
 

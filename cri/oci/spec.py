@@ -727,10 +727,8 @@ def build_sandbox_spec(
         "annotations": annotations,
         "linux": spec_linux,
     }
-    if not host_net:
-        name = sandbox_config.hostname
-        if not name:
-            meta_name = sandbox_config.metadata.name[:63].rstrip("-.")
-            name = meta_name if _HOSTNAME_RE.match(meta_name or "-") else ctx.sandbox_id[:12]
-        spec["hostname"] = _check_hostname(name, "hostname")
+    if not host_net and sandbox_config.hostname:
+        # Without one the pod keeps the node's host name (as containerd's pods do): a
+        # new UTS namespace starts as a copy of the runtime's.
+        spec["hostname"] = _check_hostname(sandbox_config.hostname, "hostname")
     return spec

@@ -420,6 +420,25 @@ def test_failed_create_leaves_no_log_file_and_reports_the_runtime_error(daemon: 
     assert log_lines(str(log_dir / "broken" / "0.log")) == [b"second try"]
 
 
+def test_sandbox_hostname_empty_is_the_nodes_and_only_a_given_one_is_checked(
+    daemon: Daemon,
+) -> None:
+    long_name = "create-PodSandbox-for-container-0c8e4b1a-4a43-4e61-9f1b-7b1b2f2e0a9d"
+    pod_id, pod_config = daemon.run_pod(long_name, hostname="")
+    cid = daemon.run_container(
+        pod_id, pod_config, daemon.container_config("h", "busybox", ["hostname"])
+    )
+    daemon.wait_exited(cid)
+    assert log_lines(str(Path(pod_config.log_directory, "h/0.log"))) == [
+        socket.gethostname().encode()
+    ]
+    for bad in ("x" * 65, "under_score"):
+        with pytest.raises(grpc.RpcError) as err:
+            daemon.run_pod("named", hostname=bad)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details().startswith("config.hostname: ")
+
+
 def test_daemon_killed_and_restarted_while_pods_log(daemon: Daemon) -> None:
     pod_id, pod_config = daemon.run_pod("survivor")
     ticker = daemon.run_container(

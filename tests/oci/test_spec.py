@@ -1072,9 +1072,12 @@ def test_sandbox_spec_errors() -> None:
         sandbox_spec(sandbox_config(network=api_pb2.POD, hostname="bad_name!"))
 
 
-def test_sandbox_hostname_defaults_to_pod_name() -> None:
-    spec = sandbox_spec(sandbox_config(network=api_pb2.POD, hostname=""))
-    assert spec["hostname"] == "pod"
+def test_empty_sandbox_hostname_keeps_the_nodes() -> None:
+    # No "hostname": the pod's UTS namespace starts with the node's name, and a pod
+    # name that is no host name (crictl's are over 64 characters) is not an error.
+    pod = sandbox_config(network=api_pb2.POD, hostname="")
+    pod.metadata.name = "create-PodSandbox-for-container-" + "0c8e4b1a-4a43-4e61-9f1b-7b1b2f2e0a9d"
+    assert "hostname" not in sandbox_spec(pod)
 
 
 def test_sandbox_run_as_user_and_seccomp() -> None:
