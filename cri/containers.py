@@ -238,12 +238,18 @@ def _signal_number(name: str) -> int:
 
 
 async def stop(rt: Runtime, request: api_pb2.StopContainerRequest) -> Any:
-    record = rt.container(request.container_id)
+    validate.required_id(request.container_id, "container_id")
     if request.timeout < 0:
         raise InvalidArgument("timeout: must not be negative")
+    try:
+        record = rt.container(request.container_id)
+    except NotFound:
+        # Idempotent, as the CRI asks: the kubelet stops again containers already gone.
+        return api_pb2.StopContainerResponse()
     async with rt.lock(record.id):
-        record = rt.store.get_container(record.id) or record
-        await stop_record(rt, record, timeout=request.timeout)
+        fresh = rt.store.get_container(record.id)
+        if fresh is not None:
+            await stop_record(rt, fresh, timeout=request.timeout)
     return api_pb2.StopContainerResponse()
 
 

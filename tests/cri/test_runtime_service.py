@@ -439,6 +439,33 @@ def test_sandbox_hostname_empty_is_the_nodes_and_only_a_given_one_is_checked(
         assert err.value.details().startswith("config.hostname: ")
 
 
+def test_every_stop_and_remove_rpc_is_idempotent(daemon: Daemon) -> None:
+    rt = daemon.runtime
+    gone = "0f" * 32
+
+    def stop_and_remove_all(container_id: str, pod_id: str) -> None:
+        # The kubelet repeats these for objects already stopped or gone: all OK.
+        rt.StopContainer(api_pb2.StopContainerRequest(container_id=container_id, timeout=1))
+        rt.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=container_id))
+        rt.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+        rt.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+
+    stop_and_remove_all(gone, gone)
+    pod_id, pod_config = daemon.run_pod("idem")
+    cid = daemon.run_container(
+        pod_id, pod_config, daemon.container_config("s", "busybox", ["sleep", "600"])
+    )
+    rt.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=0))
+    stop_and_remove_all(cid, pod_id)
+    stop_and_remove_all(cid, pod_id)
+    assert rt.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items == []
+    # An id that is no id at all is still the caller's mistake.
+    with pytest.raises(grpc.RpcError) as err:
+        rt.StopContainer(api_pb2.StopContainerRequest(container_id="../x"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("container_id")
+
+
 def test_daemon_killed_and_restarted_while_pods_log(daemon: Daemon) -> None:
     pod_id, pod_config = daemon.run_pod("survivor")
     ticker = daemon.run_container(
