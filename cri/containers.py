@@ -52,6 +52,12 @@ def check_config(config: api_pb2.ContainerConfig) -> None:
         validate.absolute_path(mount.container_path, f"config.mounts[{i}].container_path")
         if mount.host_path:
             validate.absolute_path(mount.host_path, f"config.mounts[{i}].host_path")
+    security = config.linux.security_context
+    validate.group_has_user(
+        security.HasField("run_as_group"),
+        security.HasField("run_as_user") or bool(security.run_as_username),
+        "config.linux.security_context",
+    )
 
 
 # -- CreateContainer --------------------------------------------------------------------

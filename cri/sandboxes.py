@@ -55,6 +55,12 @@ def check_config(config: api_pb2.PodSandboxConfig) -> None:
         validate.absolute_path(config.log_directory, "config.log_directory")
     validate.mapping(dict(config.labels), "config.labels")
     validate.mapping(dict(config.annotations), "config.annotations")
+    security = config.linux.security_context
+    validate.group_has_user(
+        security.HasField("run_as_group"),
+        security.HasField("run_as_user"),
+        "config.linux.security_context",
+    )
     for i, mapping in enumerate(config.port_mappings):
         where = f"config.port_mappings[{i}]"
         if not 0 < mapping.container_port < 65536:

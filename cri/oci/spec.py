@@ -481,11 +481,6 @@ def build_container_spec(
         supplemental_groups_policy=sc.supplemental_groups_policy,
         field_prefix=prefix,
     )
-    if sc.HasField("run_as_group") and not (
-        sc.HasField("run_as_user") or sc.run_as_username or image.user
-    ):
-        # Harmless but likely a mistake: the group applies to the image's default user.
-        warn(f"{prefix}.run_as_group: set without a user; applied to uid {user.uid}")
     env = _merge_env(image.env, config.envs, hostname)
     if not any(e.startswith("HOME=") for e in env):
         env.append(f"HOME={user.home or '/'}")

@@ -385,6 +385,19 @@ def test_bad_container_requests_create_nothing(daemon: Daemon) -> None:
         ),
         (daemon.container_config("../x", "busybox", ["true"]), "config.metadata.name"),
         (daemon.container_config("x", "nope", ["true"]), "config.image.image"),
+        (
+            daemon.container_config(
+                "x",
+                "user-uid",
+                ["true"],
+                linux=api_pb2.LinuxContainerConfig(
+                    security_context=api_pb2.LinuxContainerSecurityContext(
+                        run_as_group=api_pb2.Int64Value(value=5)
+                    )
+                ),
+            ),
+            "config.linux.security_context.run_as_group",
+        ),
     ):
         with pytest.raises(grpc.RpcError) as err:
             daemon.runtime.CreateContainer(
@@ -396,6 +409,22 @@ def test_bad_container_requests_create_nothing(daemon: Daemon) -> None:
         assert err.value.details().startswith(field)
     assert daemon.runtime.ListContainers(api_pb2.ListContainersRequest()).containers == []
     assert not any((daemon.root / "containers").iterdir())
+    # The same rule for the pod's own security context (its infra process).
+    with pytest.raises(grpc.RpcError) as err:
+        daemon.run_pod(
+            "group-only",
+            linux=api_pb2.LinuxPodSandboxConfig(
+                security_context=api_pb2.LinuxSandboxSecurityContext(
+                    run_as_group=api_pb2.Int64Value(value=5)
+                )
+            ),
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("config.linux.security_context.run_as_group: ")
+    assert [
+        p.metadata.name
+        for p in daemon.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items
+    ] == ["bad"]
 
 
 def test_failed_create_leaves_no_log_file_and_reports_the_runtime_error(daemon: Daemon) -> None:
