@@ -186,6 +186,7 @@ async def _create(
         "add", app=record.id, oci=oci, stdin_once=config.stdin_once, **fields
     )
     record.info["pid"] = created.get("pid", 0)
+    record.info["user"] = _initial_user(record.info["pid"], record.id, spec["process"]["user"])
     record.state = "created"
     rt.store.update_container(record)
 
@@ -349,7 +350,43 @@ def container_status_proto(rt: Runtime, record: ContainerRecord) -> api_pb2.Cont
     )
     if config.HasField("linux") and config.linux.HasField("resources"):
         status.resources.linux.CopyFrom(config.linux.resources)
+    user = record.info.get("user")
+    if user:
+        status.user.linux.uid, status.user.linux.gid = user[0], user[1]
+        status.user.linux.supplemental_groups.extend(user[2])
     return status
+
+
+def _initial_user(pid: int, container_id: str, given: dict[str, Any]) -> list[Any]:
+    """[uid, gid, groups] the created container's process holds, for ContainerStatus.
+
+    Read from the kernel once runc has created the container: its init has switched to
+    the container's identity and waits to exec the app, so this is what the app starts
+    with ("initially attached", as the CRI puts it), whatever it does later.  The spec's
+    values stand in only if the process cannot be read.
+    """
+    identity = process_identity(pid, container_id) if pid else None
+    if identity is None:
+        groups = sorted({int(g) for g in given.get("additionalGids", [])})
+        return [int(given["uid"]), int(given["gid"]), groups]
+    return list(identity)
+
+
+def process_identity(pid: int, container_id: str) -> tuple[int, int, list[int]] | None:
+    """Real uid, gid and groups of ``pid`` from /proc, if it is still that container's."""
+    try:
+        with open(f"/proc/{pid}/cgroup", "rb") as f:
+            # A recycled pid would sit in another cgroup: ours are named by the id.
+            if container_id.encode() not in f.read():
+                return None
+        with open(f"/proc/{pid}/status", "rb") as f:
+            fields = dict(line.split(b":", 1) for line in f.read().splitlines() if b":" in line)
+        uid = int(fields[b"Uid"].split()[0])
+        gid = int(fields[b"Gid"].split()[0])
+        groups = sorted(int(g) for g in fields.get(b"Groups", b"").split())
+    except (OSError, KeyError, ValueError):
+        return None
+    return uid, gid, groups
 
 
 async def status(rt: Runtime, request: api_pb2.ContainerStatusRequest) -> Any:

@@ -60,7 +60,10 @@ def wait_for_port(netns: str, host: str, port: int, timeout: float = 30) -> None
 def test_version_and_status(daemon: Daemon) -> None:
     version = daemon.runtime.Version(api_pb2.VersionRequest())
     assert (version.runtime_name, version.runtime_api_version) == ("rktlet", "v1")
-    status = daemon.runtime.Status(api_pb2.StatusRequest(verbose=True)).status
+    response = daemon.runtime.Status(api_pb2.StatusRequest(verbose=True))
+    # Where the kubelet looks before it trusts ContainerStatus.user and the groups policy.
+    assert response.features.supplemental_groups_policy is True
+    status = response.status
     conditions = {c.type: c for c in status.conditions}
     assert conditions["RuntimeReady"].status is True
     assert conditions["NetworkReady"].status is True, conditions["NetworkReady"].message
@@ -199,6 +202,57 @@ def test_users(daemon: Daemon, image: str, context, expected: bytes) -> None:
     )
     assert status.exit_code == 0
     assert lines == [expected]
+
+
+@pytest.mark.parametrize(
+    ("policy", "groups"),
+    [
+        # Merge (the default) adds the groups the image's /etc/group gives user "app".
+        (api_pb2.SupplementalGroupsPolicy.Merge, [1000, 5678, 60000]),
+        (api_pb2.SupplementalGroupsPolicy.Strict, [1000, 60000]),
+    ],
+)
+def test_container_status_reports_the_process_user(
+    daemon: Daemon, policy: api_pb2.SupplementalGroupsPolicy, groups: list[int]
+) -> None:
+    pod_id, pod_config = daemon.run_pod(f"who{policy}")
+    context = api_pb2.LinuxContainerSecurityContext(
+        supplemental_groups=[60000], supplemental_groups_policy=policy
+    )
+    cid = daemon.run_container(
+        pod_id,
+        pod_config,
+        daemon.container_config(
+            "who",
+            "user-name",
+            ["sleep", "600"],
+            linux=api_pb2.LinuxContainerConfig(security_context=context),
+        ),
+    )
+
+    def reported() -> tuple[int, int, list[int]]:
+        status = daemon.runtime.ContainerStatus(api_pb2.ContainerStatusRequest(container_id=cid))
+        assert status.status.HasField("user")
+        user = status.status.user.linux
+        return user.uid, user.gid, list(user.supplemental_groups)
+
+    assert reported() == (1000, 1000, groups)
+    inside = daemon.runtime.ExecSync(
+        api_pb2.ExecSyncRequest(container_id=cid, cmd=["id", "-G"], timeout=30)
+    )
+    assert sorted(int(g) for g in inside.stdout.split()) == groups
+    daemon.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=0))
+    assert reported() == (1000, 1000, groups), "an exited container keeps its user"
+
+
+def test_process_identity_is_read_from_proc_and_checks_the_cgroup() -> None:
+    from cri.containers import process_identity
+
+    me = process_identity(os.getpid(), "/")  # every cgroup line holds a "/"
+    assert me is not None
+    assert (me[0], me[1]) == (os.getuid(), os.getgid())
+    assert me[2] == sorted(os.getgroups())
+    assert process_identity(os.getpid(), "no-such-container-id") is None
 
 
 def test_readonly_rootfs(daemon: Daemon) -> None:
