@@ -171,7 +171,7 @@ class AppLog:
         return {**self.stats.as_dict(), "partial_splits": splits}
 
     def end_of_stream(self, stream: bytes) -> None:
-        """The stream hit EOF: write its unfinished line, if any, as ``F``."""
+        """The stream hit EOF: write its unfinished line, if any, as a last ``P``."""
         out, records = self.framers[stream].flush(self._clock.now())
         if records:
             self.file.write([out], len(out), records)

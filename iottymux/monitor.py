@@ -22,8 +22,9 @@ The monitor is a child subreaper: an OCI runtime's container init is
 re-parented to it when ``runc`` exits, and orphans of the apps are reaped here.
 When an app's main process exits, the monitor drains its output to EOF (or to
 what is there, if a descendant still holds the pipe), writes the unfinished
-line, records the exit in the state file (write + fsync + rename), and only then
-answers waiters and subscribers.
+line (as a ``P`` record: the app wrote no newline), records the exit in the
+state file (write + fsync + rename), and only then answers waiters and
+subscribers.
 
 App life cycle::
 
