@@ -32,7 +32,7 @@ from typing import Any
 
 from cri.api import api_pb2
 from cri.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
-from cri.oci.runc import Runc, process_spec_for_exec, shell_exit_code
+from cri.oci.runc import Runc, log_message, process_spec_for_exec, shell_exit_code
 from cri.runtime import Runtime
 from iottymux import attachproto as proto
 from streaming import errors as streaming_errors
@@ -171,9 +171,19 @@ class ContainerStreamingRuntime:
                     os.close(fd)
 
     def _shim(
-        self, argv: list[str], pid_file: Path, *, stdin: int, stdout: int, stderr: int
+        self,
+        argv: list[str],
+        pid_file: Path,
+        *,
+        stdin: int,
+        stdout: int,
+        stderr: int,
+        started: asyncio.Event | None = None,
     ) -> Callable[[Callable[[], object]], Coroutine[Any, Any, int]]:
-        """Start runc exec --detach under the subreaper shim; await its exit code."""
+        """Start runc exec --detach under the subreaper shim; await its exit code.
+
+        ``started`` is set once runc has started the process.
+        """
 
         async def run(after_spawn: Callable[[], object]) -> int:
             # The daemon's exec helper runs runc and reaps the exec'd process; its
@@ -188,13 +198,21 @@ class ContainerStreamingRuntime:
                 os.close(null)
                 after_spawn()
             try:
-                status = await self.rt.exec_helper.result(sock)
+                status = await self.rt.exec_helper.result(sock, started)
             except asyncio.CancelledError:
                 _kill_pid_file(pid_file)
                 raise
             if "status" in status:
                 return shell_exit_code(int(status["status"]))
-            raise Unavailable(f"runc exec failed: {status}")
+            reason = str(status)
+            if "runc" in status:
+                # runc's own words (e.g. the command is not in the image) from its log.
+                with (
+                    contextlib.suppress(OSError),
+                    open(argv[argv.index("--log") + 1], encoding="utf-8", errors="replace") as f,
+                ):
+                    reason = log_message(f.read(), b"")
+            raise Unavailable(f"runc exec failed: {reason}")
 
         return run
 
@@ -227,7 +245,10 @@ class ContainerStreamingRuntime:
                 console_socket=console_path,
             )
             devnull = asyncio.subprocess.DEVNULL
-            run = self._shim(argv, pid_file, stdin=devnull, stdout=devnull, stderr=devnull)
+            started = asyncio.Event()
+            run = self._shim(
+                argv, pid_file, stdin=devnull, stdout=devnull, stderr=devnull, started=started
+            )
             waiter: asyncio.Task[int] = asyncio.create_task(run(lambda: None))
             tasks.append(waiter)
             accept = asyncio.create_task(loop.sock_accept(listener))
@@ -251,7 +272,13 @@ class ContainerStreamingRuntime:
             if resize_queue is not None:
                 tasks.append(asyncio.create_task(_apply_resizes(resize_queue, master)))
             if streams.stdin is not None:
-                tasks.append(asyncio.create_task(_feed_fd(streams.stdin, master, tty=True)))
+                # runc hands the terminal over before it starts the process; what the
+                # client typed meanwhile (crictl sends a NUL when its terminal goes
+                # raw with an EOF pending) would be echoed ahead of the process's
+                # output, or into a terminal whose process never ran.
+                tasks.append(
+                    asyncio.create_task(_feed_when(started, streams.stdin, master, tty=True))
+                )
             output = asyncio.create_task(_drain_fd(master, streams.stdout, close_fd=False))
             tasks.append(output)
             code = await waiter
@@ -393,6 +420,11 @@ async def _feed_fd(stdin: Any, fd: int, *, tty: bool) -> None:
         if not tty:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+async def _feed_when(started: asyncio.Event, stdin: Any, fd: int, *, tty: bool) -> None:
+    await started.wait()
+    await _feed_fd(stdin, fd, tty=tty)
 
 
 async def _apply_resizes(queue: ResizeQueue, fd: int) -> None:

@@ -88,6 +88,36 @@ def test_exec_tty_resize_seen_by_stty(daemon: Daemon) -> None:
     assert code == 3
 
 
+def test_tty_exec_input_waits_for_the_process(daemon: Daemon) -> None:
+    # crictl exec -it sends a NUL when its terminal goes raw with an EOF pending; fed
+    # into the terminal before runc has started the process, the terminal echoed it
+    # ("^@") ahead of any output.  Input now flows once the process runs, as with
+    # containerd's shim -- so a command that never starts echoes nothing at all.
+    container = running(daemon, "exectty-early", ["sleep", "600"])
+    url = exec_url(daemon, container, ["/no/such/binary"], stdin=True, stdout=True, tty=True)
+
+    async def session() -> tuple[bytes, str]:
+        exe = await SpdyExec.connect(url, stdin=True, stdout=True, stderr=False, tty=True)
+        await exe.write_stdin(b"\x00typed ahead\r")
+        result = await exe.wait(timeout=30)
+        return result.stdout, result.status.message
+
+    out, message = in_netns(daemon, session)
+    assert out == b""
+    assert "/no/such/binary" in message
+    # Once it runs, what the client types reaches it, byte for byte.
+    url = exec_url(
+        daemon, container, ["sh", "-c", "read x; echo got $x"], stdin=True, stdout=True, tty=True
+    )
+
+    async def typed() -> bytes:
+        exe = await SpdyExec.connect(url, stdin=True, stdout=True, stderr=False, tty=True)
+        await exe.write_stdin(b"abc\r")
+        return (await exe.wait(timeout=30)).stdout
+
+    assert in_netns(daemon, typed) == b"abc\r\ngot abc\r\n"
+
+
 def test_attach_with_stdin_once_ends_the_shell(daemon: Daemon) -> None:
     container = running(daemon, "attach", ["sh"], stdin=True, stdin_once=True)
     url = str(
