@@ -7,8 +7,12 @@ daemon's network namespace, where the streaming server listens on 127.0.0.1.
 
 from __future__ import annotations
 
+import select
 import socket
+import time
 import uuid
+
+from ptyprocess import PtyProcess
 
 from tests.cri.conftest import Crictl
 
@@ -58,3 +62,38 @@ def test_pod_without_hostname_gets_the_nodes_and_any_name(crictl: Crictl) -> Non
     )
     out = crictl.run("exec", container_id, "sh", "-c", "hostname; cat /etc/hostname")
     assert out.stdout.decode().split() == [socket.gethostname()] * 2
+
+
+def in_a_terminal(argv: list[str], typed: bytes, timeout: float = 60) -> bytes:
+    """Run ``argv`` on a new pty, type ``typed`` at once, and return all it printed."""
+    proc = PtyProcess.spawn(argv, dimensions=(24, 80))
+    try:
+        proc.write(typed)
+        out = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.fd], [], [], deadline - time.monotonic())
+            if not ready:
+                break
+            try:
+                out += proc.read(65536)
+            except EOFError:
+                return out
+        raise AssertionError(f"{argv} did not end: {out!r}")
+    finally:
+        proc.close(force=True)
+
+
+def test_exec_it_echoes_no_nul_of_crictls_own(crictl: Crictl) -> None:
+    # An EOF typed before crictl puts its terminal in raw mode reaches crictl as a NUL
+    # (the kernel's doing), which it sends on; fed to the container's terminal before
+    # the process ran, it came back as "^@" ahead of the output.
+    _, container_id = run_container(
+        crictl, pod_document(crictl, "tty"), container_document(crictl, "c", ["sleep", "600"])
+    )
+    never_ran = in_a_terminal(crictl.argv("exec", "-it", container_id, "/no/such/binary"), b"\x04")
+    assert b"^@" not in never_ran
+    assert b"/no/such/binary" in never_ran
+    assert in_a_terminal(crictl.argv("exec", "-it", container_id, "echo", "hello"), b"") == (
+        b"hello\r\n"
+    )
