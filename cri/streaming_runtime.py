@@ -45,6 +45,9 @@ from streaming.server import Server
 log = logging.getLogger("rktlet.streaming")
 
 CHUNK = 1 << 16
+#: How long an attach goes on relaying output after the client's input ended (so the
+#: app's answer to its last input still arrives) before it ends.
+ATTACH_LINGER = 2.0
 
 
 class ContainerStreamingRuntime:
@@ -302,6 +305,12 @@ class ContainerStreamingRuntime:
         record = self.rt.container(container_id)
         if record.state != "running":
             raise FailedPrecondition(f"container {record.id} is not running")
+        config = api_pb2.ContainerConfig.FromString(record.config)
+        # The end of the client's input ends the session, as containerd's does, unless it
+        # is the end of the app's input too (stdin_once without a tty: the monitor closes
+        # the app's stdin, and the session follows the app to its exit).  The app keeps
+        # running and its stdin stays open for the next attacher.
+        ends_with_input = streams.stdin is not None and not (config.stdin_once and not tty)
         app_dir = os.path.join(self.rt.pod_run_dir(record.sandbox_id), "apps", record.id)
         dir_fd = os.open(app_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
@@ -322,13 +331,26 @@ class ContainerStreamingRuntime:
             await writer.drain()
             decoder = proto.FrameDecoder(proto.SERVER_KINDS)
             frames: list[tuple[int, bytes]] = []
+            input_over: asyncio.Task[None] | None = None
             if streams.stdin is not None:
-                tasks.append(asyncio.create_task(_stdin_frames(streams.stdin, writer)))
+                input_ended = asyncio.Event()
+                tasks.append(asyncio.create_task(_stdin_frames(streams.stdin, writer, input_ended)))
+                if ends_with_input:
+                    input_over = asyncio.create_task(_linger_after(input_ended, ATTACH_LINGER))
+                    tasks.append(input_over)
             if resize_queue is not None and tty:
                 tasks.append(asyncio.create_task(_resize_frames(resize_queue, writer)))
             while True:
                 while not frames:
-                    data = await reader.read(1 << 18)
+                    if input_over is None:
+                        data = await reader.read(1 << 18)
+                    else:
+                        read = asyncio.ensure_future(reader.read(1 << 18))
+                        await asyncio.wait({read, input_over}, return_when=asyncio.FIRST_COMPLETED)
+                        if not read.done():
+                            read.cancel()
+                            return
+                        data = read.result()
                     if not data:
                         return
                     frames.extend(decoder.receive_data(data))
@@ -433,15 +455,21 @@ async def _apply_resizes(queue: ResizeQueue, fd: int) -> None:
             fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", size.height, size.width, 0, 0))
 
 
-async def _stdin_frames(stdin: Any, writer: asyncio.StreamWriter) -> None:
+async def _stdin_frames(stdin: Any, writer: asyncio.StreamWriter, ended: asyncio.Event) -> None:
     try:
         while data := await stdin.read(CHUNK):
             writer.write(proto.encode(proto.STDIN, data))
             await writer.drain()
         writer.write(proto.encode(proto.STDIN_CLOSE))
         await writer.drain()
+        ended.set()
     except (ConnectionError, OSError):
         pass
+
+
+async def _linger_after(event: asyncio.Event, seconds: float) -> None:
+    await event.wait()
+    await asyncio.sleep(seconds)
 
 
 async def _resize_frames(queue: ResizeQueue, writer: asyncio.StreamWriter) -> None:

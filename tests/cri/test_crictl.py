@@ -97,3 +97,18 @@ def test_exec_it_echoes_no_nul_of_crictls_own(crictl: Crictl) -> None:
     assert in_a_terminal(crictl.argv("exec", "-it", container_id, "echo", "hello"), b"") == (
         b"hello\r\n"
     )
+
+
+def test_attach_with_piped_input_ends_and_the_container_runs_on(crictl: Crictl) -> None:
+    _, container_id = run_container(
+        crictl,
+        pod_document(crictl, "attach"),
+        container_document(crictl, "sh", ["sh"], stdin=True, stdin_once=False),
+    )
+    for word in (b"first", b"second"):
+        out = crictl.run("attach", "-i", container_id, input=b"echo " + word + b"\n", timeout=60)
+        assert out.stdout == word + b"\n"
+    state = crictl.run(
+        "inspect", "-o", "go-template", "--template", "{{.status.state}}", container_id
+    )
+    assert state.stdout.strip() == b"CONTAINER_RUNNING"

@@ -131,6 +131,54 @@ def test_attach_with_stdin_once_ends_the_shell(daemon: Daemon) -> None:
     assert status.exit_code == 4
 
 
+def attach_url(daemon: Daemon, container_id: str, **flags: bool) -> str:
+    return str(daemon.runtime.Attach(api_pb2.AttachRequest(container_id=container_id, **flags)).url)
+
+
+async def ws_attach(url: str, typed: bytes) -> tuple[bytes, str]:
+    """Attach over WebSocket v5: type, CLOSE stdin, read to the end; (stdout, status)."""
+    import json
+
+    from websockets.asyncio.client import connect as ws_connect
+
+    from streaming import remotecommand as rc
+
+    got: dict[int, bytes] = {}
+    async with ws_connect("ws" + url[len("http") :], subprotocols=[rc.V5]) as ws:  # type: ignore[list-item]
+        await ws.send(rc.encode_channel_message(0, typed, base64_mode=False))
+        await ws.send(rc.encode_close_signal(0))
+        async for message in ws:
+            data = message.encode() if isinstance(message, str) else bytes(message)
+            decoded = rc.decode_channel_message(data, base64_mode=False)
+            assert decoded is not None
+            got[decoded[0]] = got.get(decoded[0], b"") + decoded[1]
+    return got.get(1, b""), json.loads(got[3])["status"]
+
+
+def test_attach_ends_when_the_clients_input_ends(daemon: Daemon) -> None:
+    # Not stdin_once: the client's half-close ends its session (exit 0, as containerd),
+    # after the app's answer to the last input came through; the app keeps running with
+    # its stdin open for the next attacher -- over SPDY and over WebSocket.
+    container = running(daemon, "attach-many", ["sh"], stdin=True)
+
+    async def spdy(typed: bytes) -> tuple[bytes, int | None]:
+        url = attach_url(daemon, container, stdin=True, stdout=True, stderr=True)
+        session = await SpdyExec.connect(url, stdin=True, stdout=True, stderr=True)
+        await session.write_stdin(typed)
+        await session.close_stdin()
+        result = await session.wait(timeout=30)
+        return result.stdout, result.exit_code
+
+    assert in_netns(daemon, lambda: spdy(b"echo first\n")) == (b"first\n", 0)
+    assert in_netns(daemon, lambda: spdy(b"echo second\n")) == (b"second\n", 0)
+    url = attach_url(daemon, container, stdin=True, stdout=True, stderr=True)
+    assert in_netns(daemon, lambda: ws_attach(url, b"echo third\n")) == (b"third\n", "Success")
+    status = daemon.runtime.ContainerStatus(
+        api_pb2.ContainerStatusRequest(container_id=container)
+    ).status
+    assert status.state == api_pb2.ContainerState.CONTAINER_RUNNING
+
+
 def test_port_forward_two_connections_and_host_network(daemon: Daemon) -> None:
     pod_id, pod_config = daemon.run_pod("pf")
     daemon.run_container(pod_id, pod_config, daemon.container_config("httpd", "httpd", []))
