@@ -74,11 +74,12 @@ def container_stats_proto(rt: Runtime, record: ContainerRecord) -> api_pb2.Conta
             result.memory.CopyFrom(memory)
     rootfs = record.info.get("rootfs", "")
     if rootfs:
-        result.writable_layer.CopyFrom(_writable_layer(rt, record))
+        result.writable_layer.CopyFrom(writable_layer_usage(rt, record))
     return result
 
 
-def _writable_layer(rt: Runtime, record: ContainerRecord) -> api_pb2.FilesystemUsage:
+def writable_layer_usage(rt: Runtime, record: ContainerRecord) -> api_pb2.FilesystemUsage:
+    """Bytes and inodes of the container's writable layer (its overlay upper dir)."""
     upper = rt.rootfs.dir / record.id / "upper"
     used, inodes = 0, 0
     for directory, dirs, files in _walk(upper):
