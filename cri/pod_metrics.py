@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from cri import cgroups
 from cri.api import api_pb2
-from cri.network.netns import run_in_netns
+from cri.network.netns import InterfaceCounters, interface_counters
 from cri.runtime import Runtime
 from cri.stats import writable_layer_usage
 from cri.store import ContainerRecord, SandboxRecord
@@ -167,7 +167,10 @@ def _pod_metrics(
         samples.update(_cgroup_samples(rt, pod_cgroup, now))
     netns = sandbox.info.get("netns")
     if netns:
-        samples.update(_network_samples(str(netns)))
+        try:
+            samples.update(network_samples(interface_counters(str(netns))))
+        except OSError:
+            pass  # the namespace went with its pod meanwhile
     labels = ("", pod_cgroup, "", "", meta.namespace, meta.name)
     result.metrics.extend(_metrics(samples, labels, now))
     for record in containers:
@@ -319,42 +322,21 @@ def _device_name(device: str) -> str:
     return device
 
 
-# /proc/net/dev columns after "iface:", and the family each one feeds.
-_NET_COLUMNS = {
-    0: "container_network_receive_bytes_total",
-    1: "container_network_receive_packets_total",
-    2: "container_network_receive_errors_total",
-    3: "container_network_receive_packets_dropped_total",
-    8: "container_network_transmit_bytes_total",
-    9: "container_network_transmit_packets_total",
-    10: "container_network_transmit_errors_total",
-    11: "container_network_transmit_packets_dropped_total",
-}
-
-
-def parse_net_dev(text: str) -> dict[str, list[Sample]]:
-    """The network families from a ``/proc/net/dev`` text (loopback left out, as cAdvisor)."""
+def network_samples(counters: Mapping[str, InterfaceCounters]) -> dict[str, list[Sample]]:
+    """The network families from a namespace's interfaces (not loopback, as cAdvisor)."""
     out: dict[str, list[Sample]] = {}
-    for line in text.splitlines()[2:]:
-        interface, sep, rest = line.partition(":")
-        interface = interface.strip()
-        columns = rest.split()
-        if not sep or interface == "lo" or len(columns) < 12:
+    for interface, c in sorted(counters.items()):
+        if interface == "lo":
             continue
-        for column, family in _NET_COLUMNS.items():
-            if columns[column].isdigit():
-                out.setdefault(family, []).append(((interface,), int(columns[column])))
+        for family, count in (
+            ("container_network_receive_bytes_total", c.rx_bytes),
+            ("container_network_receive_packets_total", c.rx_packets),
+            ("container_network_receive_errors_total", c.rx_errors),
+            ("container_network_receive_packets_dropped_total", c.rx_dropped),
+            ("container_network_transmit_bytes_total", c.tx_bytes),
+            ("container_network_transmit_packets_total", c.tx_packets),
+            ("container_network_transmit_errors_total", c.tx_errors),
+            ("container_network_transmit_packets_dropped_total", c.tx_dropped),
+        ):
+            out.setdefault(family, []).append(((interface,), count))
     return out
-
-
-def _network_samples(netns: str) -> dict[str, list[Sample]]:
-    try:
-        return parse_net_dev(run_in_netns(netns, _read_net_dev))
-    except OSError:
-        return {}  # the namespace went with its pod meanwhile
-
-
-def _read_net_dev() -> str:
-    # thread-self: /proc/self/net would show the process's namespace, not this thread's.
-    with open("/proc/thread-self/net/dev", encoding="ascii") as f:
-        return f.read()

@@ -10,7 +10,8 @@ import pytest
 
 from cri import cgroups
 from cri.api import api_pb2
-from cri.pod_metrics import parse_net_dev
+from cri.network.netns import InterfaceCounters
+from cri.pod_metrics import network_samples
 from tests.cri.conftest import Daemon
 from tests.cri.test_runtime_service import http_get, wait_for_port
 
@@ -37,17 +38,12 @@ KUBELET_ASKS = {
 }
 
 
-def test_parse_net_dev() -> None:
-    text = (
-        "Inter-|   Receive                                                |  Transmit\n"
-        " face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets "
-        "errs drop fifo colls carrier compressed\n"
-        "    lo:     100       2    0    0    0     0          0         0      100       2"
-        "    0    0    0     0       0          0\n"
-        "  eth0:    1586      19    1    2    0     0          0         0      936      12"
-        "    3    4    0     0       0          0\n"
-    )
-    samples = parse_net_dev(text)
+def test_network_families_leave_loopback_out() -> None:
+    counters = {
+        "lo": InterfaceCounters(100, 2, 0, 0, 100, 2, 0, 0),
+        "eth0": InterfaceCounters(1586, 19, 1, 2, 936, 12, 3, 4),
+    }
+    samples = network_samples(counters)
     assert samples["container_network_receive_bytes_total"] == [(("eth0",), 1586)]
     assert samples["container_network_receive_packets_total"] == [(("eth0",), 19)]
     assert samples["container_network_receive_errors_total"] == [(("eth0",), 1)]
@@ -176,3 +172,16 @@ def test_metrics_of_a_running_pod(daemon: Daemon, pod_parent: str) -> None:
     assert served["container_cpu_usage_seconds_total"][0].label_values[6] == "total"
     assert value(containers[sleeper], "container_processes") == 2  # sh and sleep
     assert value(containers[sleeper], "container_threads") >= 2
+
+
+def test_pod_stats_always_carry_linux_network_and_processes(daemon: Daemon) -> None:
+    # The kubelet with PodAndContainerStatsFromCRI reads stats.linux.containers of every
+    # pod without a nil check: a pod with no container running crashed it.
+    pod_id, _ = daemon.run_pod("bare")
+    (stats,) = daemon.runtime.ListPodSandboxStats(api_pb2.ListPodSandboxStatsRequest()).stats
+    assert stats.attributes.id == pod_id
+    assert stats.HasField("linux")
+    assert list(stats.linux.containers) == []
+    assert stats.linux.network.default_interface.name == "eth0"
+    assert [i.name for i in stats.linux.network.interfaces] == ["eth0"]
+    assert stats.linux.process.process_count.value >= 1  # the pod's infra process
