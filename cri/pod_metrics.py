@@ -164,7 +164,16 @@ def _pod_metrics(
     samples: dict[str, list[Sample]] = {}
     if config.linux.cgroup_parent:
         pod_cgroup = cgroups.pod_cgroup_dir(config.linux.cgroup_parent, rt.cgroup_driver)
-        samples.update(_cgroup_samples(rt, pod_cgroup, now))
+        # The pod cgroup holds no process itself: count those of its children.
+        children = [sandbox.info.get("cgroups_path", "")]
+        children += [c.info.get("cgroups_path", "") for c in containers]
+        pids = tuple(
+            pid
+            for path in children
+            if path
+            for pid in cgroups.cgroup_pids(rt.cgroup_dir(path), rt.cgroup_layout)
+        )
+        samples.update(_cgroup_samples(rt, pod_cgroup, now, pids))
     netns = sandbox.info.get("netns")
     if netns:
         try:
@@ -181,7 +190,8 @@ def _pod_metrics(
         labels = (
             container_config.metadata.name,
             cgroup,
-            record.image,
+            # What the pod spec names (the kubelet passes the image id as image.image).
+            container_config.image.user_specified_image or record.image,
             record.id,
             meta.namespace,
             meta.name,
@@ -210,10 +220,14 @@ def _one(value: int | None) -> list[Sample]:
     return [] if value is None else [((), value)]
 
 
-def _cgroup_samples(rt: Runtime, cgroup: str, now: int) -> dict[str, list[Sample]]:
+def _cgroup_samples(
+    rt: Runtime, cgroup: str, now: int, pids: tuple[int, ...] | None = None
+) -> dict[str, list[Sample]]:
+    """The cgroup families of ``cgroup``; process counts over ``pids`` if given, else its own."""
     layout = rt.cgroup_layout
     stats = cgroups.read_stats(cgroup, layout, clock=lambda: now)
     detail = cgroups.read_detail(cgroup, layout)
+    pids = detail.pids if pids is None else pids
     values = detail.values
     out: dict[str, list[Sample]] = {}
     if stats.cpu is not None:
@@ -252,8 +266,8 @@ def _cgroup_samples(rt: Runtime, cgroup: str, now: int) -> dict[str, list[Sample
         ]
     oom = cgroups.oom_kill_count(cgroup, layout)
     out["container_oom_events_total"] = _one(oom)
-    out["container_processes"] = [((), len(detail.pids))]
-    fds, sockets = _open_files(detail.pids)
+    out["container_processes"] = [((), len(pids))]
+    fds, sockets = _open_files(pids)
     out["container_file_descriptors"] = [((), fds)]
     out["container_sockets"] = [((), sockets)]
     io: dict[str, list[Sample]] = {}

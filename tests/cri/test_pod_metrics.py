@@ -94,13 +94,12 @@ def test_metrics_of_a_running_pod(daemon: Daemon, pod_parent: str) -> None:
     resources = api_pb2.LinuxContainerResources(
         memory_limit_in_bytes=64 << 20, cpu_shares=512, cpu_quota=50000, cpu_period=100000
     )
-    web = daemon.run_container(
-        pod_id,
-        pod_config,
-        daemon.container_config(
-            "web", "httpd", [], linux=api_pb2.LinuxContainerConfig(resources=resources)
-        ),
+    web_config = daemon.container_config(
+        "web", "httpd", [], linux=api_pb2.LinuxContainerConfig(resources=resources)
     )
+    # The kubelet names the image by id and passes the pod spec's name beside it.
+    web_config.image.user_specified_image = "rktlet/httpd"
+    web = daemon.run_container(pod_id, pod_config, web_config)
     sleeper = daemon.run_container(
         pod_id,
         pod_config,
@@ -139,6 +138,8 @@ def test_metrics_of_a_running_pod(daemon: Daemon, pod_parent: str) -> None:
     assert eth0["container_network_transmit_bytes_total"] > 0
     assert eth0["container_network_receive_packets_total"] > 0
     assert value(pod_level, "container_memory_usage_bytes") > 0
+    # httpd, sh and sleep, and the pod's infra process.
+    assert value(pod_level, "container_processes") == 4
     assert list(pod_level["container_memory_usage_bytes"][0].label_values) == [
         "",
         pod_parent,
@@ -154,7 +155,7 @@ def test_metrics_of_a_running_pod(daemon: Daemon, pod_parent: str) -> None:
     assert list(served["container_processes"][0].label_values)[:6] == [
         "web",
         cgroups.cgroup_dir(f"{pod_parent}/{web}"),
-        "docker.io/rktlet/httpd:latest",
+        "rktlet/httpd",
         web,
         "default",
         "metered",
