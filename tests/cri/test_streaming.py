@@ -7,6 +7,7 @@ namespace; the clients run in a thread that has entered it.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -135,24 +136,26 @@ def attach_url(daemon: Daemon, container_id: str, **flags: bool) -> str:
     return str(daemon.runtime.Attach(api_pb2.AttachRequest(container_id=container_id, **flags)).url)
 
 
-async def ws_attach(url: str, typed: bytes) -> tuple[bytes, str]:
-    """Attach over WebSocket v5: type, CLOSE stdin, read to the end; (stdout, status)."""
-    import json
+async def ws_v5(url: str, chunks: list[bytes]) -> tuple[str | None, dict[int, bytes], int | None]:
+    """A v5.channel.k8s.io session: send ``chunks`` on stdin, CLOSE it, read to the end.
 
+    Returns the subprotocol, what arrived on each channel, and the close code.
+    """
     from websockets.asyncio.client import connect as ws_connect
 
     from streaming import remotecommand as rc
 
     got: dict[int, bytes] = {}
     async with ws_connect("ws" + url[len("http") :], subprotocols=[rc.V5]) as ws:  # type: ignore[list-item]
-        await ws.send(rc.encode_channel_message(0, typed, base64_mode=False))
+        for chunk in chunks:
+            await ws.send(rc.encode_channel_message(0, chunk, base64_mode=False))
         await ws.send(rc.encode_close_signal(0))
         async for message in ws:
             data = message.encode() if isinstance(message, str) else bytes(message)
             decoded = rc.decode_channel_message(data, base64_mode=False)
             assert decoded is not None
             got[decoded[0]] = got.get(decoded[0], b"") + decoded[1]
-    return got.get(1, b""), json.loads(got[3])["status"]
+        return ws.subprotocol, got, ws.close_code
 
 
 def test_attach_ends_when_the_clients_input_ends(daemon: Daemon) -> None:
@@ -172,7 +175,9 @@ def test_attach_ends_when_the_clients_input_ends(daemon: Daemon) -> None:
     assert in_netns(daemon, lambda: spdy(b"echo first\n")) == (b"first\n", 0)
     assert in_netns(daemon, lambda: spdy(b"echo second\n")) == (b"second\n", 0)
     url = attach_url(daemon, container, stdin=True, stdout=True, stderr=True)
-    assert in_netns(daemon, lambda: ws_attach(url, b"echo third\n")) == (b"third\n", "Success")
+    _, got, _ = in_netns(daemon, lambda: ws_v5(url, [b"echo third\n"]))
+    assert got.get(1) == b"third\n"
+    assert json.loads(got[3])["status"] == "Success"
     status = daemon.runtime.ContainerStatus(
         api_pb2.ContainerStatusRequest(container_id=container)
     ).status
@@ -371,31 +376,12 @@ def test_fifty_concurrent_execs_in_one_container(daemon: Daemon) -> None:
 
 def test_websocket_v5_stdin_close_reaches_cat(daemon: Daemon) -> None:
     """v5.channel.k8s.io CLOSE of stdin is EOF for ``cat`` in the container: it exits 0."""
-    import json
-
-    from websockets.asyncio.client import connect as ws_connect
-
     from streaming import remotecommand as rc
 
     container = running(daemon, "wscat", ["sleep", "600"])
     url = exec_url(daemon, container, ["cat"], stdin=True, stdout=True, stderr=True)
     payload = [b"first line\n", b"second, " * 1000 + b"end\n"]
-
-    async def session() -> tuple[str | None, dict[int, bytes], int | None]:
-        got: dict[int, bytes] = {}
-        ws_url = "ws" + url[len("http") :]
-        async with ws_connect(ws_url, subprotocols=[rc.V5]) as ws:  # type: ignore[list-item]
-            for chunk in payload:
-                await ws.send(rc.encode_channel_message(0, chunk, base64_mode=False))
-            await ws.send(rc.encode_close_signal(0))
-            async for message in ws:
-                data = message.encode() if isinstance(message, str) else bytes(message)
-                decoded = rc.decode_channel_message(data, base64_mode=False)
-                assert decoded is not None
-                got[decoded[0]] = got.get(decoded[0], b"") + decoded[1]
-            return ws.subprotocol, got, ws.close_code
-
-    protocol, got, close_code = in_netns(daemon, lambda: asyncio.wait_for(session(), 30))
+    protocol, got, close_code = in_netns(daemon, lambda: asyncio.wait_for(ws_v5(url, payload), 30))
     assert protocol == rc.V5
     assert got.get(1, b"") == b"".join(payload)
     assert got.get(2, b"") == b""
