@@ -358,9 +358,15 @@ class Crictl:
         return str(path)
 
 
-@pytest.fixture
-def crictl(daemon: Daemon) -> Crictl:
+@pytest.fixture(scope="session")
+def crictl_binary() -> str:
     binary = e2e_binary("crictl")
     if binary is None:
         pytest.skip(f"crictl not found (set {E2E_BIN_ENV} to the directory holding it, or PATH)")
-    return Crictl(binary, daemon)
+    return binary
+
+
+@pytest.fixture
+def crictl(crictl_binary: str, daemon: Daemon) -> Crictl:
+    # crictl_binary comes first: without crictl the test skips before a daemon starts.
+    return Crictl(crictl_binary, daemon)
