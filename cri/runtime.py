@@ -31,6 +31,7 @@ from cri.images.store import ImageStore
 from cri.monitors import MonitorConnection
 from cri.network.cni import CNINetwork
 from cri.oci.exec_helper import ExecHelper
+from cri.oci.features import HandlerFeatures, detect_features
 from cri.store import ContainerRecord, SandboxRecord, Store
 
 log = logging.getLogger("rktlet.runtime")
@@ -89,6 +90,9 @@ class Runtime:
         self.streaming: Any = None
         #: Runs every exec (ExecSync and streaming) without an interpreter start each.
         self.exec_helper = ExecHelper(str(self.run_dir / "exec-helper.sock"))
+        #: Probed features per OCI runtime binary (they do not change while we run).
+        self._features: dict[str, HandlerFeatures] = {}
+        self._features_lock = asyncio.Lock()
 
     # -- paths -----------------------------------------------------------------
 
@@ -112,6 +116,10 @@ class Runtime:
     def cgroups_path(self, cgroup_parent: str, object_id: str) -> str:
         """``linux.cgroupsPath`` of a pod's infra container or of a container."""
         return cgroups.cgroups_path(cgroup_parent, object_id, self.cgroup_driver)
+
+    def userns_pin(self, sandbox_id: str) -> Path:
+        """Where a pod's user namespace is pinned (pods with ``hostUsers: false``)."""
+        return self.run_dir / "userns" / sandbox_id
 
     def cgroup_dir(self, cgroups_path: str) -> str:
         return cgroups.cgroup_dir(cgroups_path, self.cgroup_driver)
@@ -212,6 +220,20 @@ class Runtime:
         )
         self.events.publish(event)
 
+    # -- features -----------------------------------------------------------------
+
+    async def handler_features(self, handler: str) -> HandlerFeatures:
+        """What the runtime handler ``handler`` supports on this node (probed once)."""
+        binary = self.config.handler_binary(handler)
+        async with self._features_lock:
+            found = self._features.get(binary)
+            if found is None:
+                found = await asyncio.to_thread(
+                    detect_features, binary, self.image_store.layers_dir, self.run_dir
+                )
+                self._features[binary] = found
+        return found
+
     # -- status -------------------------------------------------------------------
 
     async def status(self, verbose: bool) -> api_pb2.StatusResponse:
@@ -232,16 +254,17 @@ class Runtime:
             ),
         ]
         response = api_pb2.StatusResponse(status=api_pb2.RuntimeStatus(conditions=conditions))
-        for name, binary in self.config.handlers().items():
+        for name in self.config.handlers():
+            features = await self.handler_features(name)
             response.runtime_handlers.append(
                 api_pb2.RuntimeHandler(
                     name=name,
                     features=api_pb2.RuntimeHandlerFeatures(
-                        recursive_read_only_mounts=False, user_namespaces=False
+                        recursive_read_only_mounts=features.recursive_read_only,
+                        user_namespaces=features.user_namespaces,
                     ),
                 )
             )
-            del binary
         response.features.supplemental_groups_policy = True
         if verbose:
             import json
