@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from cri import cgroups
 from cri.api import api_pb2
 from cri.config import Config, images_document
-from cri.errors import InvalidArgument, NotFound, Unavailable
+from cri.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from cri.events import EventHub
 from cri.images.config import load_images_config
 from cri.images.manager import ImageManager
@@ -66,6 +66,7 @@ class Runtime:
             self.image_store, load_images_config({"images": images_document(config)})
         )
         self.rootfs = RootfsManager(self.image_store, self.root / "rootfs")
+        self.images.in_use = self.image_volume_user
         self.image_service = ImageService(self.images, self.root / "rootfs")
         self.network = CNINetwork(
             state_dir=str(self.root / "cni"),
@@ -153,6 +154,13 @@ class Runtime:
             container_id, field, "container", self.store.get_container, self.store.find_containers
         )
 
+    def image_volume_user(self, image_id: str) -> str | None:
+        """A container that mounts image ``image_id`` as a volume (RemoveImage refuses)."""
+        for record in self.store.list_containers():
+            if image_id in record.info.get("image_volumes", {}).values():
+                return record.id
+        return None
+
     def monitor(self, sandbox_id: str) -> MonitorConnection:
         connection = self.monitors.get(sandbox_id)
         if connection is None or connection.closed:
@@ -219,6 +227,23 @@ class Runtime:
             else [],
         )
         self.events.publish(event)
+
+    # -- resources ----------------------------------------------------------------
+
+    def check_memory_limit(self, cgroup_dir: str, limit: int, field: str) -> None:
+        """Refuse a memory limit below what the cgroup uses and cannot give back.
+
+        Lowering it there would make the kernel OOM-kill the app (v2) or fail with EBUSY
+        after reclaiming what it could (v1); the caller should say no first instead.
+        """
+        if limit <= 0:
+            return
+        in_use = cgroups.working_set(cgroup_dir, self.cgroup_layout)
+        if in_use is not None and limit < in_use:
+            raise FailedPrecondition(
+                f"{field}.memory_limit_in_bytes: {limit} is below the {in_use} bytes in use "
+                f"(working set of cgroup {cgroup_dir}); lowering it would OOM-kill the app"
+            )
 
     # -- features -----------------------------------------------------------------
 

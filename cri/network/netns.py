@@ -30,6 +30,7 @@ from typing import TypeVar
 
 __all__ = [
     "NetnsError",
+    "bring_up_loopback",
     "create_netns",
     "current_netns_id",
     "is_netns_pinned",
@@ -104,7 +105,7 @@ def _run_in_thread(fn: Callable[[], _T], thread_name: str) -> _T:
     return box[0]
 
 
-def _bring_up_loopback() -> None:
+def bring_up_loopback() -> None:
     """Set IFF_UP on ``lo`` in the calling thread's network namespace."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         req = struct.pack(_IFREQ, b"lo", 0)
@@ -134,7 +135,7 @@ def create_netns(run_dir: str | os.PathLike[str], name: str) -> Path:
             f"bind-mount {source} on {path}",
         )
         try:
-            _bring_up_loopback()
+            bring_up_loopback()
         except OSError as exc:
             _check(_libc.umount2(os.fsencode(path), _MNT_DETACH), f"umount {path}")
             raise NetnsError(exc.errno or errno.EIO, f"bringing up lo in {path}: {exc}") from exc

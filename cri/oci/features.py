@@ -11,7 +11,8 @@ says no.  Both depend on the OCI runtime *and* the kernel, so both are probed, o
   filesystem holding the image layers accepts idmapped mounts (probed for real).
 
 Each answer keeps its reason, so that a pod asking for a missing feature gets an error
-that says what the node lacks.
+that says what the node lacks.  Checkpointing depends on CRIU, whose own ``criu check``
+says whether it can work with this kernel.
 """
 
 from __future__ import annotations
@@ -28,7 +29,13 @@ from typing import Any
 
 from cri.oci import idmap, userns
 
-__all__ = ["HandlerFeatures", "detect_features", "kernel_at_least", "runtime_features"]
+__all__ = [
+    "HandlerFeatures",
+    "criu_unavailable",
+    "detect_features",
+    "kernel_at_least",
+    "runtime_features",
+]
 
 log = logging.getLogger(__name__)
 
@@ -127,3 +134,19 @@ def detect_features(binary: str, layers: Path, scratch: Path) -> HandlerFeatures
         if reason:
             log.info("handler %s: no %s: %s", binary, name, reason)
     return result
+
+
+def criu_unavailable() -> str:
+    """Why CRIU cannot checkpoint here ("" when ``criu check`` passes).  Blocking."""
+    path = shutil.which("criu")
+    if path is None:
+        return "criu is not installed (Debian package criu)"
+    try:
+        done = subprocess.run([path, "check"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"criu check could not run: {exc}"
+    if done.returncode == 0:
+        return ""
+    # Its first error is the cause; the lines after it are consequences.
+    lines = [line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+    return f"criu check failed: {lines[0] if lines else f'exit status {done.returncode}'}"
