@@ -6,6 +6,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -40,7 +41,7 @@ def _writes(daemon: Daemon, container: str) -> str:
     reply = daemon.runtime.ExecSync(
         api_pb2.ExecSyncRequest(container_id=container, cmd=["sh", "-c", script], timeout=30)
     )
-    return reply.stdout.decode()
+    return str(reply.stdout.decode())
 
 
 def test_rro_makes_submounts_read_only(daemon: Daemon, dir_with_tmpfs: Path) -> None:
@@ -69,7 +70,7 @@ def test_rro_makes_submounts_read_only(daemon: Daemon, dir_with_tmpfs: Path) -> 
     ],
 )
 def test_rro_invalid(
-    daemon: Daemon, dir_with_tmpfs: Path, fields: dict[str, object], message: str
+    daemon: Daemon, dir_with_tmpfs: Path, fields: dict[str, Any], message: str
 ) -> None:
     mount = api_pb2.Mount(
         container_path="/v", host_path=str(dir_with_tmpfs), recursive_read_only=True, **fields
