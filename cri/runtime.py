@@ -279,8 +279,13 @@ class Runtime:
             ),
         ]
         response = api_pb2.StatusResponse(status=api_pb2.RuntimeStatus(conditions=conditions))
+        missing: dict[str, dict[str, str]] = {}
         for name in self.config.handlers():
             features = await self.handler_features(name)
+            missing[name] = {
+                "recursiveReadOnlyMounts": features.rro_reason,
+                "userNamespaces": features.userns_reason,
+            }
             response.runtime_handlers.append(
                 api_pb2.RuntimeHandler(
                     name=name,
@@ -303,6 +308,8 @@ class Runtime:
                     "cniConfDir": self.config.cni_conf_dir,
                 }
             )
+            # Why a handler lacks a feature ("" where it has it).
+            response.info["featuresMissing"] = json.dumps(missing, sort_keys=True)
         return response
 
     # -- start and stop -------------------------------------------------------------
