@@ -15,8 +15,6 @@ be done by a thread of the daemon as the network namespace of an ordinary pod is
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import itertools
 import os
 import shutil
@@ -28,6 +26,7 @@ from typing import Any
 
 from cri.api import api_pb2
 from cri.errors import FailedPrecondition, InvalidArgument
+from cri.network import netns
 
 __all__ = [
     "IdMap",
@@ -37,21 +36,9 @@ __all__ = [
     "remove_pin",
 ]
 
-_MS_BIND = 0x1000
-_MNT_DETACH = 0x2
 # The kernel accepts at most this many lines in uid_map / gid_map (since Linux 4.15).
 _MAX_LINES = 340
 _ID_LIMIT = 2**32 - 1  # (uid_t)-1 is never a valid id
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mount.argtypes = [
-    ctypes.c_char_p,
-    ctypes.c_char_p,
-    ctypes.c_char_p,
-    ctypes.c_ulong,
-    ctypes.c_void_p,
-]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,29 +175,9 @@ def mount_maps(mount: api_pb2.Mount, field: str) -> UsernsConfig | None:
 # -- creating and pinning -----------------------------------------------------------
 
 
-def _pin_file(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
-    os.close(fd)
-
-
-def _bind(source: str, target: Path) -> None:
-    if _libc.mount(source.encode(), os.fsencode(target), None, _MS_BIND, None) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"bind-mount {source} on {target}: {os.strerror(err)}")
-
-
 def remove_pin(path: str | os.PathLike[str]) -> None:
     """Unpin a namespace file made here and delete it.  Idempotent."""
-    p = Path(path)
-    if _libc.umount2(os.fsencode(p), _MNT_DETACH) != 0:
-        err = ctypes.get_errno()
-        if err not in (errno.EINVAL, errno.ENOENT):
-            raise OSError(err, f"umount {p}: {os.strerror(err)}")
-    try:
-        p.unlink()
-    except FileNotFoundError:
-        pass
+    netns.remove_netns(path)
 
 
 def helper_binary() -> str | None:
@@ -252,9 +219,8 @@ def create_pod_namespaces(
             with open(f"/proc/{proc.pid}/{name}", "w", encoding="ascii") as f:
                 f.write(UsernsConfig.map_file(maps))
         for pin, kind in zip(pins, ("user", "net"), strict=False):
-            _pin_file(pin)
+            netns.pin_namespace(f"/proc/{proc.pid}/ns/{kind}", pin)
             made.append(pin)
-            _bind(f"/proc/{proc.pid}/ns/{kind}", pin)
     except BaseException as exc:
         for pin in made:
             remove_pin(pin)

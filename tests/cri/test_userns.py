@@ -249,9 +249,12 @@ def test_handler_without_userns_is_refused_cleanly(tmp_path: Path, daemon: Daemo
     daemon.stop()
     daemon.extra_args += ["--runtime-handler", "crun=crun"]
     daemon.start()
-    status = daemon.runtime.Status(api_pb2.StatusRequest())
+    status = daemon.runtime.Status(api_pb2.StatusRequest(verbose=True))
     crun = next(h for h in status.runtime_handlers if h.name == "crun")
     assert not crun.features.user_namespaces
+    missing = json.loads(status.info["featuresMissing"])
+    assert missing["crun"]["userNamespaces"] == "crun does not report its features (`crun features`)"
+    assert missing[""] == {"recursiveReadOnlyMounts": "", "userNamespaces": ""}
     config = daemon.pod_config("no-userns")
     config.linux.security_context.namespace_options.CopyFrom(_userns_options(_host_base()))
     with pytest.raises(grpc.RpcError) as info:

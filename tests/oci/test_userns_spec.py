@@ -9,6 +9,7 @@ import pytest
 
 from cri.api import api_pb2
 from cri.errors import FailedPrecondition, InvalidArgument
+from cri.oci.image_config import ImageConfig
 from cri.oci.spec import (
     ContainerContext,
     PodNamespaces,
@@ -17,8 +18,10 @@ from cri.oci.spec import (
     build_sandbox_spec,
 )
 from cri.oci.userns import IdMap, UsernsConfig, from_cri, mount_maps
-from tests.oci.oci_helpers import GROUP, PASSWD, container_config, sandbox_config
-from tests.oci.test_spec import HOST
+from tests.oci.oci_helpers import container_config, sandbox_config
+from tests.oci.test_spec import HOST, etc_root
+
+__all__ = ["etc_root"]  # the fixture, shared with test_spec
 
 BASE = 1 << 20
 USERNS = UsernsConfig(uids=(IdMap(0, BASE, 65536),), gids=(IdMap(0, BASE, 65536),))
@@ -90,14 +93,6 @@ def test_mount_maps() -> None:
 # ------------------------------------------------------------------------------ specs
 
 
-@pytest.fixture
-def etc_root(tmp_path: Path) -> Path:
-    (tmp_path / "etc").mkdir()
-    (tmp_path / "etc/passwd").write_text(PASSWD)
-    (tmp_path / "etc/group").write_text(GROUP)
-    return tmp_path
-
-
 def _pod() -> api_pb2.PodSandboxConfig:
     pod = sandbox_config(network=api_pb2.POD, pid=api_pb2.CONTAINER, ipc=api_pb2.POD)
     pod.linux.security_context.namespace_options.CopyFrom(
@@ -118,9 +113,7 @@ def _container(root: Path, config: api_pb2.ContainerConfig, **ctx: Any) -> dict[
     return build_container_spec(config, _pod(), _image(), context, host=HOST)
 
 
-def _image() -> Any:
-    from cri.oci.image_config import ImageConfig
-
+def _image() -> ImageConfig:
     return ImageConfig()
 
 
