@@ -253,7 +253,7 @@ def test_handler_without_userns_is_refused_cleanly(tmp_path: Path, daemon: Daemo
     crun = next(h for h in status.runtime_handlers if h.name == "crun")
     assert not crun.features.user_namespaces
     missing = json.loads(status.info["featuresMissing"])
-    assert missing["crun"]["userNamespaces"] == "crun does not report its features (`crun features`)"
+    assert "crun does not report its features" in missing["crun"]["userNamespaces"]
     assert missing[""] == {"recursiveReadOnlyMounts": "", "userNamespaces": ""}
     config = daemon.pod_config("no-userns")
     config.linux.security_context.namespace_options.CopyFrom(_userns_options(_host_base()))
