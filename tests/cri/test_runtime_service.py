@@ -445,9 +445,10 @@ def test_create_remove_cycles_leave_nothing(daemon: Daemon) -> None:
             if (daemon.run_dir / "netns").exists()
             else 0
         )
-        # Pods' cgroups live under /rktlet by default (no cgroup parent given).
+        # Pods' cgroups live under /rktlet by default (no cgroup parent given); other
+        # daemons on the machine share that parent, so only this test's ids count.
         memory_cgroups = Path("/sys/fs/cgroup/memory/rktlet")
-        cgroups = len(list(memory_cgroups.iterdir())) if memory_cgroups.exists() else 0
+        cgroups = sum(1 for oid in created if (memory_cgroups / oid).exists())
         monitors = subprocess.run(
             ["pgrep", "-f", f"iottymux monitor --run-dir {daemon.run_dir}"],
             capture_output=True,
@@ -456,6 +457,7 @@ def test_create_remove_cycles_leave_nothing(daemon: Daemon) -> None:
         ).stdout.split()
         return mounts, fds, netns, cgroups, len(monitors)
 
+    created: list[str] = []
     daemon.runtime.RemovePodSandbox(
         api_pb2.RemovePodSandboxRequest(pod_sandbox_id=daemon.run_pod("warmup")[0])
     )
@@ -463,7 +465,8 @@ def test_create_remove_cycles_leave_nothing(daemon: Daemon) -> None:
     cycles = int(os.environ.get("RKTLET_CYCLES", "200"))
     for i in range(cycles):
         pod_id, pod_config = daemon.run_pod(f"cycle{i}")
-        daemon.run_container(pod_id, pod_config, daemon.container_config("c", "busybox", ["true"]))
+        config = daemon.container_config("c", "busybox", ["true"])
+        created += [pod_id, daemon.run_container(pod_id, pod_config, config)]
         daemon.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
     after = snapshot()
     assert after == before
