@@ -34,6 +34,7 @@ __all__ = [
     "SYSTEMD_SCOPE_PREFIX",
     "CgroupDriver",
     "CgroupLayout",
+    "CgroupLimits",
     "CgroupMode",
     "CgroupMount",
     "CgroupDetail",
@@ -60,6 +61,9 @@ __all__ = [
     "read_pids",
     "read_stats",
     "remove_cgroup",
+    "set_limits",
+    "shares_to_weight",
+    "working_set",
 ]
 
 SYSTEMD_SCOPE_PREFIX = "cri-rktlet"
@@ -720,3 +724,77 @@ def remove_cgroup(cgroup: str, layout: CgroupLayout | None = None) -> list[str]:
         except OSError:
             left.append(path)
     return left
+
+
+# ------------------------------------------------------------------------------ limits
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupLimits:
+    """CPU and memory limits of a cgroup; None leaves (or reads as) no setting.
+
+    ``cpu_quota`` -1 means no quota.
+    """
+
+    cpu_shares: int | None = None
+    cpu_quota: int | None = None
+    cpu_period: int | None = None
+    memory_limit: int | None = None
+
+
+def shares_to_weight(shares: int) -> int:
+    """cgroup v1 cpu.shares (2..262144) as v2 cpu.weight (1..10000), as runc converts."""
+    shares = min(max(shares, 2), 262144)
+    return 1 + ((shares - 2) * 9999) // 262142
+
+
+def working_set(cgroup: str, layout: CgroupLayout) -> int | None:
+    """Memory the cgroup cannot give back without swap: usage less inactive file cache."""
+    stats = read_memory(cgroup, layout)
+    return stats.working_set_bytes if stats is not None else None
+
+
+def _write(directory: str, name: str, value: str) -> None:
+    with open(os.path.join(directory, name), "w", encoding="ascii") as f:
+        f.write(value)
+
+
+def set_limits(cgroup: str, layout: CgroupLayout, limits: CgroupLimits) -> None:
+    """Write ``limits`` to the cgroup's files (v1 controllers, or v2 on a v2 host).
+
+    A hybrid host keeps its limits in the v1 controllers, as runc does.  Raises OSError
+    (ENOENT when the cgroup or controller is missing, EBUSY from v1 when memory cannot
+    be reclaimed below a new limit).
+    """
+    if layout.mode is CgroupMode.V2:
+        directory = layout.unified_path(cgroup)
+        if directory is None:
+            raise OSError(errno.ENOENT, f"cgroup {cgroup}: no unified hierarchy")
+        if limits.cpu_shares is not None:
+            _write(directory, "cpu.weight", str(shares_to_weight(limits.cpu_shares)))
+        if limits.cpu_quota is not None or limits.cpu_period is not None:
+            current = (_read_text(directory, "cpu.max") or "max 100000").split()
+            quota = current[0] if limits.cpu_quota is None else str(limits.cpu_quota)
+            if quota == "-1":
+                quota = "max"
+            period = current[1] if limits.cpu_period is None else str(limits.cpu_period)
+            _write(directory, "cpu.max", f"{quota} {period}")
+        if limits.memory_limit is not None:
+            _write(directory, "memory.max", str(limits.memory_limit))
+        return
+    cpu = layout.controller_path("cpu", cgroup)
+    if cpu is not None:
+        if limits.cpu_shares is not None:
+            _write(cpu, "cpu.shares", str(limits.cpu_shares))
+        # The period first: a quota is checked against the period in force.
+        if limits.cpu_period is not None:
+            _write(cpu, "cpu.cfs_period_us", str(limits.cpu_period))
+        if limits.cpu_quota is not None:
+            _write(cpu, "cpu.cfs_quota_us", str(limits.cpu_quota))
+    memory = layout.controller_path("memory", cgroup)
+    if limits.memory_limit is not None and memory is not None:
+        memsw = _read_int(memory, "memory.memsw.limit_in_bytes")
+        if memsw is not None and memsw < limits.memory_limit:
+            # memory+swap may never be below memory: raise it first.
+            _write(memory, "memory.memsw.limit_in_bytes", str(limits.memory_limit))
+        _write(memory, "memory.limit_in_bytes", str(limits.memory_limit))

@@ -32,13 +32,15 @@ from typing import TypeVar
 __all__ = [
     "InterfaceCounters",
     "NetnsError",
-    "interface_counters",
+    "bring_up_loopback",
     "create_netns",
     "current_netns_id",
+    "interface_counters",
     "is_netns_pinned",
     "netns_id",
     "netns_path",
     "parse_net_dev",
+    "pin_namespace",
     "remove_netns",
     "run_in_netns",
     "run_in_netns_async",
@@ -108,13 +110,31 @@ def _run_in_thread(fn: Callable[[], _T], thread_name: str) -> _T:
     return box[0]
 
 
-def _bring_up_loopback() -> None:
+def bring_up_loopback() -> None:
     """Set IFF_UP on ``lo`` in the calling thread's network namespace."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         req = struct.pack(_IFREQ, b"lo", 0)
         flags = struct.unpack(_IFREQ, fcntl.ioctl(sock, _SIOCGIFFLAGS, req))[1]
         if not flags & _IFF_UP:
             fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack(_IFREQ, b"lo", flags | _IFF_UP))
+
+
+def pin_namespace(source: str, path: str | os.PathLike[str]) -> None:
+    """Pin the namespace file ``source`` (``/proc/<pid>/ns/<kind>``) by bind-mounting it on
+    ``path``, a new file (FileExistsError if it exists); on failure nothing is left."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    # O_EXCL: two pods racing for one name must not share (or unpin) a namespace.
+    fd = os.open(p, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+    os.close(fd)
+    try:
+        _check(
+            _libc.mount(source.encode(), os.fsencode(p), None, _MS_BIND, None),
+            f"bind-mount {source} on {p}",
+        )
+    except BaseException:
+        p.unlink()
+        raise
 
 
 def create_netns(run_dir: str | os.PathLike[str], name: str) -> Path:
@@ -125,37 +145,22 @@ def create_netns(run_dir: str | os.PathLike[str], name: str) -> Path:
     made or pinned (for example without CAP_SYS_ADMIN); nothing is left behind then.
     """
     path = netns_path(run_dir, name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # O_EXCL: two pods racing for one name must not share (or unpin) a namespace.
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
-    os.close(fd)
 
     def make() -> None:
         _check(_libc.unshare(_CLONE_NEWNET), "unshare(CLONE_NEWNET)")
-        source = f"/proc/self/task/{threading.get_native_id()}/ns/net"
-        _check(
-            _libc.mount(source.encode(), os.fsencode(path), None, _MS_BIND, None),
-            f"bind-mount {source} on {path}",
-        )
+        pin_namespace(f"/proc/self/task/{threading.get_native_id()}/ns/net", path)
         try:
-            _bring_up_loopback()
+            bring_up_loopback()
         except OSError as exc:
-            _check(_libc.umount2(os.fsencode(path), _MNT_DETACH), f"umount {path}")
+            remove_netns(path)
             raise NetnsError(exc.errno or errno.EIO, f"bringing up lo in {path}: {exc}") from exc
 
-    try:
-        _run_in_thread(make, f"netns-create-{name}")
-    except BaseException:
-        try:
-            path.unlink()
-        except OSError:
-            pass
-        raise
+    _run_in_thread(make, f"netns-create-{name}")
     return path
 
 
 def remove_netns(path: str | os.PathLike[str]) -> None:
-    """Unpin and delete a namespace made by :func:`create_netns`.
+    """Unpin and delete a namespace made by :func:`create_netns` (or :func:`pin_namespace`).
 
     Idempotent: a missing path, or a pin file that is no longer mounted, is fine.  The
     namespace itself is freed by the kernel once no process, socket or other mount

@@ -29,7 +29,17 @@ from cri.api import api_pb2, api_pb2_grpc
 from tests.conftest import kill_tree
 
 REPO = Path(__file__).resolve().parents[2]
-IMAGES = ("busybox", "httpd", "user-uid", "user-name", "user-uid-gid", "user-name-gid")
+IMAGES = (
+    "busybox",
+    "httpd",
+    "user-uid",
+    "user-name",
+    "user-uid-gid",
+    "user-name-gid",
+    "owners",
+    "volume-a",
+    "volume-b",
+)
 
 
 def _require_tools() -> None:

@@ -587,7 +587,7 @@ def test_daemon_killed_and_restarted_while_pods_log(daemon: Daemon) -> None:
 
 
 def test_create_remove_cycles_leave_nothing(daemon: Daemon) -> None:
-    def snapshot() -> tuple[int, int, int, int]:
+    def snapshot() -> tuple[int, int, int, int, int]:
         with open("/proc/self/mountinfo") as f:
             mounts = sum(1 for line in f if str(daemon.run_dir) in line or str(daemon.base) in line)
         fds = len(os.listdir(f"/proc/{daemon.proc.pid}/fd")) if daemon.proc else 0
@@ -596,35 +596,31 @@ def test_create_remove_cycles_leave_nothing(daemon: Daemon) -> None:
             if (daemon.run_dir / "netns").exists()
             else 0
         )
+        # Pods' cgroups live under /rktlet by default (no cgroup parent given); other
+        # daemons on the machine share that parent, so only this test's ids count.
+        memory_cgroups = Path("/sys/fs/cgroup/memory/rktlet")
+        cgroups = sum(1 for oid in created if (memory_cgroups / oid).exists())
         monitors = subprocess.run(
             ["pgrep", "-f", f"iottymux monitor --run-dir {daemon.run_dir}"],
             capture_output=True,
             text=True,
             check=False,
         ).stdout.split()
-        return mounts, fds, netns, len(monitors)
+        return mounts, fds, netns, cgroups, len(monitors)
 
+    created: list[str] = []
     daemon.runtime.RemovePodSandbox(
         api_pb2.RemovePodSandboxRequest(pod_sandbox_id=daemon.run_pod("warmup")[0])
     )
     before = snapshot()
     cycles = int(os.environ.get("RKTLET_CYCLES", "200"))
-    made: list[str] = []
     for i in range(cycles):
         pod_id, pod_config = daemon.run_pod(f"cycle{i}")
-        made.append(pod_id)
-        made.append(
-            daemon.run_container(
-                pod_id, pod_config, daemon.container_config("c", "busybox", ["true"])
-            )
-        )
+        config = daemon.container_config("c", "busybox", ["true"])
+        created += [pod_id, daemon.run_container(pod_id, pod_config, config)]
         daemon.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
     after = snapshot()
     assert after == before
-    # Pods' cgroups live under /rktlet by default (no cgroup parent given), which other
-    # daemons on this machine share: look for ours by id, not at the count.
-    memory_cgroups = Path("/sys/fs/cgroup/memory/rktlet")
-    assert [i for i in made if (memory_cgroups / i).exists()] == []
     assert not any((daemon.run_dir / "pods").iterdir())
     assert not any((daemon.root / "containers").iterdir())
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from cri.api import api_pb2
-from cri.errors import InvalidArgument, Unimplemented
+from cri.errors import FailedPrecondition, InvalidArgument
 from cri.oci.capabilities import ALL_CAPABILITIES, DEFAULT_CAPABILITIES, resolve_capabilities
 from cri.oci.host import HostInfo, hugepage_sizes
 from cri.oci.image_config import ImageConfig, parse_stop_signal
@@ -607,15 +607,49 @@ def test_mount_propagation(
         ),
         pytest.param(
             {"host_path": "/", "container_path": "/v", "recursive_read_only": True},
-            Unimplemented,
-            "recursive_read_only",
-            id="rro",
+            InvalidArgument,
+            "recursive_read_only: needs readonly",
+            id="rro-not-readonly",
+        ),
+        pytest.param(
+            {
+                "host_path": "/",
+                "container_path": "/v",
+                "readonly": True,
+                "recursive_read_only": True,
+                "propagation": api_pb2.PROPAGATION_HOST_TO_CONTAINER,
+            },
+            InvalidArgument,
+            "recursive_read_only: needs propagation PROPAGATION_PRIVATE",
+            id="rro-propagation",
         ),
         pytest.param(
             {"container_path": "/v", "image": api_pb2.ImageSpec(image="x")},
-            Unimplemented,
-            "image",
-            id="image-volume",
+            FailedPrecondition,
+            "image: the image volume was not prepared",
+            id="image-volume-unprepared",
+        ),
+        pytest.param(
+            {"container_path": "/v", "host_path": "/", "image": api_pb2.ImageSpec(image="x")},
+            InvalidArgument,
+            "host_path: must be empty",
+            id="image-volume-and-host-path",
+        ),
+        pytest.param(
+            {"container_path": "/v", "host_path": "/", "image_sub_path": "x"},
+            InvalidArgument,
+            "image_sub_path: only valid with an image",
+            id="sub-path-without-image",
+        ),
+        pytest.param(
+            {
+                "container_path": "/v",
+                "host_path": "/",
+                "uidMappings": [api_pb2.IDMapping(host_id=1 << 20, container_id=0, length=10)],
+            },
+            FailedPrecondition,
+            "uidMappings: the idmapped mount was not prepared",
+            id="idmap-unprepared",
         ),
     ],
 )
@@ -960,7 +994,7 @@ def test_namespace_errors(etc_root: Path) -> None:
         build(etc_root, _with_ns(api_pb2.POD, api_pb2.TARGET, api_pb2.POD))
     cfg = _with_ns(api_pb2.POD, api_pb2.POD, api_pb2.POD)
     cfg.linux.security_context.namespace_options.userns_options.mode = api_pb2.POD
-    with pytest.raises(Unimplemented, match="userns_options"):
+    with pytest.raises(InvalidArgument, match="userns_options: the pod sandbox does not have"):
         build(etc_root, cfg)
 
 
