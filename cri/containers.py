@@ -63,6 +63,12 @@ def check_config(config: api_pb2.ContainerConfig) -> None:
         validate.absolute_path(mount.container_path, f"config.mounts[{i}].container_path")
         if mount.host_path:
             validate.absolute_path(mount.host_path, f"config.mounts[{i}].host_path")
+    security = config.linux.security_context
+    validate.group_has_user(
+        security.HasField("run_as_group"),
+        security.HasField("run_as_user") or bool(security.run_as_username),
+        "config.linux.security_context",
+    )
 
 
 # -- CreateContainer --------------------------------------------------------------------
@@ -209,6 +215,7 @@ async def _create(
         "add", app=record.id, oci=oci, stdin_once=config.stdin_once, **fields
     )
     record.info["pid"] = created.get("pid", 0)
+    record.info["user"] = _initial_user(record.info["pid"], record.id, spec["process"]["user"])
     record.state = "created"
     rt.store.update_container(record)
 
@@ -327,12 +334,18 @@ def _signal_number(name: str) -> int:
 
 
 async def stop(rt: Runtime, request: api_pb2.StopContainerRequest) -> Any:
-    record = rt.container(request.container_id)
+    validate.required_id(request.container_id, "container_id")
     if request.timeout < 0:
         raise InvalidArgument("timeout: must not be negative")
+    try:
+        record = rt.container(request.container_id)
+    except NotFound:
+        # Idempotent, as the CRI asks: the kubelet stops again containers already gone.
+        return api_pb2.StopContainerResponse()
     async with rt.lock(record.id):
-        record = rt.store.get_container(record.id) or record
-        await stop_record(rt, record, timeout=request.timeout)
+        fresh = rt.store.get_container(record.id)
+        if fresh is not None:
+            await stop_record(rt, fresh, timeout=request.timeout)
     return api_pb2.StopContainerResponse()
 
 
@@ -432,7 +445,43 @@ def container_status_proto(rt: Runtime, record: ContainerRecord) -> api_pb2.Cont
         if image.image != image_id:
             image.user_specified_image = image.user_specified_image or image.image
             image.image = image_id
+    user = record.info.get("user")
+    if user:
+        status.user.linux.uid, status.user.linux.gid = user[0], user[1]
+        status.user.linux.supplemental_groups.extend(user[2])
     return status
+
+
+def _initial_user(pid: int, container_id: str, given: dict[str, Any]) -> list[Any]:
+    """[uid, gid, groups] the created container's process holds, for ContainerStatus.
+
+    Read from the kernel once runc has created the container: its init has switched to
+    the container's identity and waits to exec the app, so this is what the app starts
+    with ("initially attached", as the CRI puts it), whatever it does later.  The spec's
+    values stand in only if the process cannot be read.
+    """
+    identity = process_identity(pid, container_id) if pid else None
+    if identity is None:
+        groups = sorted({int(g) for g in given.get("additionalGids", [])})
+        return [int(given["uid"]), int(given["gid"]), groups]
+    return list(identity)
+
+
+def process_identity(pid: int, container_id: str) -> tuple[int, int, list[int]] | None:
+    """Real uid, gid and groups of ``pid`` from /proc, if it is still that container's."""
+    try:
+        with open(f"/proc/{pid}/cgroup", "rb") as f:
+            # A recycled pid would sit in another cgroup: ours are named by the id.
+            if container_id.encode() not in f.read():
+                return None
+        with open(f"/proc/{pid}/status", "rb") as f:
+            fields = dict(line.split(b":", 1) for line in f.read().splitlines() if b":" in line)
+        uid = int(fields[b"Uid"].split()[0])
+        gid = int(fields[b"Gid"].split()[0])
+        groups = sorted(int(g) for g in fields.get(b"Groups", b"").split())
+    except (OSError, KeyError, ValueError):
+        return None
+    return uid, gid, groups
 
 
 async def status(rt: Runtime, request: api_pb2.ContainerStatusRequest) -> Any:

@@ -59,6 +59,12 @@ def check_config(config: api_pb2.PodSandboxConfig) -> None:
         validate.absolute_path(config.log_directory, "config.log_directory")
     validate.mapping(dict(config.labels), "config.labels")
     validate.mapping(dict(config.annotations), "config.annotations")
+    security = config.linux.security_context
+    validate.group_has_user(
+        security.HasField("run_as_group"),
+        security.HasField("run_as_user"),
+        "config.linux.security_context",
+    )
     for i, mapping in enumerate(config.port_mappings):
         where = f"config.port_mappings[{i}]"
         if not 0 < mapping.container_port < 65536:
@@ -174,8 +180,11 @@ async def _create(
         shutil.rmtree(state_dir, ignore_errors=True)
 
     undo.append(remove_state_dir)
-    hostname = config.hostname or (socket.gethostname() if host_network else config.metadata.name)
-    podfiles.validate_hostname(hostname)
+    if config.hostname:
+        podfiles.validate_hostname(config.hostname, "config.hostname")
+    # Empty means the node's host name, as containerd does; the pod's name never stands
+    # in for it (crictl's generated pod names are longer than a host name may be).
+    hostname = config.hostname or socket.gethostname()
     podfiles.validate_dns_config(config.dns_config if config.HasField("dns_config") else None)
     record.info.update(host_network=host_network, hostname=hostname, ip="", additional_ips=[])
 

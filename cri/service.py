@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from cri import containers, execs, metrics, sandboxes, stats
+from cri import containers, execs, metrics, pod_metrics, sandboxes, stats
 from cri.api import api_pb2, api_pb2_grpc
 from cri.errors import to_grpc_status
 from cri.images.service import ImageService
@@ -221,10 +221,10 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):  # type: ignore[misc
         return await stats.list_pod_sandbox_stats(self.rt, request)
 
     async def ListMetricDescriptors(self, request: Any, context: Any) -> Any:
-        return api_pb2.ListMetricDescriptorsResponse()
+        return await pod_metrics.list_metric_descriptors(self.rt, request)
 
     async def ListPodSandboxMetrics(self, request: Any, context: Any) -> Any:
-        return api_pb2.ListPodSandboxMetricsResponse()
+        return await pod_metrics.list_pod_sandbox_metrics(self.rt, request)
 
 
 @instrument

@@ -25,17 +25,21 @@ import socket
 import struct
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 __all__ = [
+    "InterfaceCounters",
     "NetnsError",
     "bring_up_loopback",
     "create_netns",
     "current_netns_id",
+    "interface_counters",
     "is_netns_pinned",
     "netns_id",
     "netns_path",
+    "parse_net_dev",
     "pin_namespace",
     "remove_netns",
     "run_in_netns",
@@ -270,3 +274,43 @@ def is_netns_pinned(path: str | os.PathLike[str]) -> bool:
             if len(fields) > 4 and _unescape_mountinfo(fields[4]) == target:
                 return True
     return False
+
+
+@dataclass(frozen=True, slots=True)
+class InterfaceCounters:
+    """One interface's line of ``/proc/net/dev``: what the kernel counted both ways."""
+
+    rx_bytes: int
+    rx_packets: int
+    rx_errors: int
+    rx_dropped: int
+    tx_bytes: int
+    tx_packets: int
+    tx_errors: int
+    tx_dropped: int
+
+
+def parse_net_dev(text: str) -> dict[str, InterfaceCounters]:
+    """Counters by interface from a ``/proc/net/dev`` text (two header lines, then one
+    ``name: rx bytes packets errs drop fifo frame compressed multicast tx bytes packets
+    errs drop …`` line per interface)."""
+    out: dict[str, InterfaceCounters] = {}
+    for line in text.splitlines()[2:]:
+        name, sep, rest = line.partition(":")
+        columns = rest.split()
+        if not sep or len(columns) < 12 or not all(c.isdigit() for c in columns[:12]):
+            continue
+        n = [int(c) for c in columns[:12]]
+        out[name.strip()] = InterfaceCounters(n[0], n[1], n[2], n[3], n[8], n[9], n[10], n[11])
+    return out
+
+
+def interface_counters(path: str | os.PathLike[str]) -> dict[str, InterfaceCounters]:
+    """:func:`parse_net_dev` of the network namespace pinned at ``path``."""
+
+    def read() -> str:
+        # thread-self: /proc/self/net shows the process's namespace, not this thread's.
+        with open("/proc/thread-self/net/dev", encoding="ascii") as f:
+            return f.read()
+
+    return parse_net_dev(run_in_netns(path, read))

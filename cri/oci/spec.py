@@ -509,11 +509,6 @@ def build_container_spec(
         field_prefix=prefix,
     )
     _check_mapped(ctx.userns, user.uid, [user.gid, *user.additional_gids], f"{prefix}.run_as_user")
-    if sc.HasField("run_as_group") and not (
-        sc.HasField("run_as_user") or sc.run_as_username or image.user
-    ):
-        # Harmless but likely a mistake: the group applies to the image's default user.
-        warn(f"{prefix}.run_as_group: set without a user; applied to uid {user.uid}")
     env = _merge_env(image.env, config.envs, hostname)
     if not any(e.startswith("HOME=") for e in env):
         env.append(f"HOME={user.home or '/'}")
@@ -779,10 +774,8 @@ def build_sandbox_spec(
         "annotations": annotations,
         "linux": spec_linux,
     }
-    if not host_net:
-        name = sandbox_config.hostname
-        if not name:
-            meta_name = sandbox_config.metadata.name[:63].rstrip("-.")
-            name = meta_name if _HOSTNAME_RE.match(meta_name or "-") else ctx.sandbox_id[:12]
-        spec["hostname"] = _check_hostname(name, "hostname")
+    if not host_net and sandbox_config.hostname:
+        # Without one the pod keeps the node's host name (as containerd's pods do): a
+        # new UTS namespace starts as a copy of the runtime's.
+        spec["hostname"] = _check_hostname(sandbox_config.hostname, "hostname")
     return spec
