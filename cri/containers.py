@@ -20,10 +20,11 @@ from typing import Any
 
 from cri import validate
 from cri.api import api_pb2
-from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from cri.monitors import MonitorConnection
 from cri.oci import spec as oci_spec
 from cri.oci.image_config import ImageConfig
-from cri.runtime import CONTAINER_STATES, INFRA_APP, Runtime, labels_match
+from cri.runtime import CONTAINER_STATES, INFRA_APP, MONITOR_DIED, Runtime, labels_match
 from cri.store import ContainerRecord, SandboxRecord, now_ns
 
 log = logging.getLogger("rktlet.containers")
@@ -192,11 +193,19 @@ async def rollback_container(rt: Runtime, record: ContainerRecord) -> None:
             await connection.request("signal", app=record.id, signal="KILL")
         with contextlib.suppress(Exception):
             await connection.request("remove", app=record.id)
+    await _remove_leftovers(rt, record)
     with contextlib.suppress(Exception):
         await asyncio.to_thread(rt.rootfs.remove, record.id)
     shutil.rmtree(rt.bundle_dir(record.id), ignore_errors=True)
     rt.store.delete_container(record.id)
     rt.forget_lock(record.id)
+
+
+async def _remove_leftovers(rt: Runtime, record: ContainerRecord) -> None:
+    """What no monitor removed: runc's container, its processes and cgroups."""
+    sandbox = rt.store.get_sandbox(record.sandbox_id)
+    if sandbox is not None:
+        await rt.remove_leftovers(sandbox, record.id, record.info.get("cgroups_path", ""))
 
 
 # -- Start / Stop / Remove ---------------------------------------------------------------
@@ -248,10 +257,33 @@ async def stop(rt: Runtime, request: api_pb2.StopContainerRequest) -> Any:
 
 
 async def stop_record(rt: Runtime, record: ContainerRecord, *, timeout: float) -> None:
-    """Stop signal, then SIGKILL after ``timeout`` seconds; returns once it has exited."""
+    """Stop signal, then SIGKILL after ``timeout`` seconds; returns once it has exited.
+
+    Without a monitor (it died, before or during the stop) the container is
+    ended by :meth:`Runtime.monitor_died`, which records why.
+    """
     if record.state == "exited":
         return
-    connection = rt.monitor(record.sandbox_id)
+    connection = await rt.monitor_or_cleanup(record.sandbox_id)
+    try:
+        if connection is not None:
+            await _stop_through(rt, connection, record, timeout)
+            return
+    except Unavailable:
+        if await rt.monitor_or_cleanup(record.sandbox_id) is not None:
+            raise
+    fresh = rt.store.get_container(record.id)
+    if fresh is not None and fresh.state != "exited":
+        await _remove_leftovers(rt, fresh)
+        rt.record_exit(
+            fresh, {"exit_code": 255, "reason": MONITOR_DIED, "message": "its monitor is gone"}
+        )
+    _finish(rt, record, {})
+
+
+async def _stop_through(
+    rt: Runtime, connection: MonitorConnection, record: ContainerRecord, timeout: float
+) -> None:
     if record.state == "created":
         # Never started: kill the waiting init and record the exit.
         with contextlib.suppress(Exception):
@@ -299,12 +331,14 @@ async def remove(rt: Runtime, request: api_pb2.RemoveContainerRequest) -> Any:
 
 
 async def remove_record(rt: Runtime, record: ContainerRecord) -> None:
-    connection = rt.monitors.get(record.sandbox_id)
-    if connection is not None and not connection.closed:
+    connection = await rt.monitor_or_cleanup(record.sandbox_id)
+    if connection is not None:
         try:
             await connection.request("remove", app=record.id)
         except NotFound:
             pass
+    else:
+        await _remove_leftovers(rt, record)
     with contextlib.suppress(FileNotFoundError):
         await asyncio.to_thread(rt.rootfs.remove, record.id)
     shutil.rmtree(rt.bundle_dir(record.id), ignore_errors=True)

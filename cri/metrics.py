@@ -70,6 +70,12 @@ IMAGE_PULL_BYTES = Counter(
     registry=REGISTRY,
 )
 
+MONITOR_DEATHS = Counter(
+    "rktlet_monitor_deaths",
+    "Pod monitors that died without being asked to (kill, OOM kill, crash).",
+    registry=REGISTRY,
+)
+
 STREAMING_SESSIONS = Counter(
     "rktlet_streaming_sessions",
     "Exec, attach and port-forward sessions served, by kind and negotiated protocol.",
@@ -196,6 +202,10 @@ class MonitorCollector(Collector):
             *(one(pod_id, m) for pod_id, m in monitors), return_exceptions=True
         )
         snapshot = Snapshot(taken=time.monotonic())
+        # Pods whose monitor died and that the kubelet has not removed yet.
+        snapshot.monitors_failed = sum(
+            1 for sandbox in rt.store.list_sandboxes() if sandbox.info.get("monitor_lost")
+        )
         for result in results:
             if isinstance(result, BaseException):
                 log.debug("metrics: a monitor's status failed: %r", result)
@@ -249,7 +259,7 @@ class MonitorCollector(Collector):
         yield attachers
         monitors = GaugeMetricFamily(
             "rktlet_monitors",
-            "Pod monitors, by whether the last status request worked.",
+            "Pod monitors: up (answering), failed (dead, or not answering a status request).",
             labels=("state",),
         )
         monitors.add_metric(["up"], snapshot.monitors_up)

@@ -22,7 +22,6 @@ import secrets
 import shutil
 import socket
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from cri import validate
@@ -141,11 +140,11 @@ async def _create(
     async def stop_monitor() -> None:
         with contextlib.suppress(BaseException):
             await monitor_start
-        connection = rt.monitors.pop(sandbox_id, None)
+        connection = await rt.retire_monitor(sandbox_id)
         if connection is None and os.path.exists(os.path.join(run_dir, "control.sock")):
             with contextlib.suppress(Exception):
-                connection = await rt.connect_monitor(sandbox_id)
-                rt.monitors.pop(sandbox_id, None)
+                await rt.connect_monitor(sandbox_id)
+                connection = await rt.retire_monitor(sandbox_id)
         if connection is not None:
             with contextlib.suppress(Exception):
                 await connection.request("shutdown", timeout=30)
@@ -220,10 +219,6 @@ async def _create(
         "bundle": str(bundle),
         "id": sandbox_id,
     }
-    created = await connection.request(
-        "add", app=INFRA_APP, oci=oci, stdin="null", stdout="null", stderr="null"
-    )
-    record.info["infra_pid"] = created.get("pid", 0)
 
     async def drop_infra() -> None:
         with contextlib.suppress(Exception):
@@ -231,8 +226,14 @@ async def _create(
             await connection.request("wait", app=INFRA_APP, timeout=30)
         with contextlib.suppress(Exception):
             await connection.request("remove", app=INFRA_APP)
+        # The monitor may have died mid-create: runc's container is ours to end then.
+        await rt.remove_leftovers(record, sandbox_id, cgroups_path)
 
     undo.append(drop_infra)
+    created = await connection.request(
+        "add", app=INFRA_APP, oci=oci, stdin="null", stdout="null", stderr="null"
+    )
+    record.info["infra_pid"] = created.get("pid", 0)
     await connection.request("start", app=INFRA_APP)
     record.state = "ready"
     rt.store.update_sandbox(record)
@@ -281,11 +282,8 @@ async def _teardown(rt: Runtime, record: SandboxRecord, *, remove: bool) -> None
             await stop_record(rt, container, timeout=0)
         if remove:
             await remove_record(rt, container)
-    connection = rt.monitors.get(record.id)
-    if connection is None and Path(rt.pod_run_dir(record.id), "control.sock").exists():
-        with contextlib.suppress(Exception):
-            connection = await rt.connect_monitor(record.id)
-    if connection is not None and not connection.closed:
+    connection = await rt.monitor_or_cleanup(record.id)
+    if connection is not None:
         with contextlib.suppress(Exception):
             await connection.request("signal", app=INFRA_APP, signal="KILL")
         with contextlib.suppress(Exception):
@@ -310,11 +308,14 @@ async def _teardown(rt: Runtime, record: SandboxRecord, *, remove: bool) -> None
         if connection is not None and not connection.closed:
             with contextlib.suppress(Exception):
                 await connection.request("remove", app=INFRA_APP)
+            await rt.retire_monitor(record.id)
             with contextlib.suppress(Exception):
                 await connection.request("shutdown", timeout=30)
         if connection is not None:
             await connection.close()
         rt.monitors.pop(record.id, None)
+        # Whatever the monitor did not end (it died, or a step failed) ends here.
+        await rt.remove_leftovers(record, record.id, record.info.get("cgroups_path", ""))
         shutil.rmtree(rt.pod_run_dir(record.id), ignore_errors=True)
         shutil.rmtree(rt.pod_state_dir(record.id), ignore_errors=True)
     else:
