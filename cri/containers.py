@@ -18,7 +18,7 @@ import shutil
 import signal as signal_module
 from typing import Any
 
-from cri import validate
+from cri import faults, validate
 from cri.api import api_pb2
 from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from cri.monitors import MonitorConnection
@@ -181,6 +181,7 @@ async def _create(
         "add", app=record.id, oci=oci, stdin_once=config.stdin_once, **fields
     )
     record.info["pid"] = created.get("pid", 0)
+    faults.point("CreateContainer:added")
     record.state = "created"
     rt.store.update_container(record)
 
@@ -222,6 +223,7 @@ async def start(rt: Runtime, request: api_pb2.StartContainerRequest) -> Any:
         connection = rt.monitor(record.sandbox_id)
         reply = await connection.request("start", app=record.id)
         started_at = int(reply.get("started_at") or now_ns())
+        faults.point("StartContainer:started")
         fresh = rt.store.get_container(record.id) or record
         if fresh.state == "created":  # the exit event may already have landed
             fresh.state = "running"
@@ -292,6 +294,7 @@ async def _stop_through(
         signum = _signal_number(record.info.get("stop_signal", "SIGTERM"))
         with contextlib.suppress(FailedPrecondition):
             await connection.request("signal", app=record.id, signal=signum)
+        faults.point("StopContainer:signalled")
         try:
             status = await connection.request("wait", app=record.id, timeout=timeout)
             _finish(rt, record, status)
@@ -339,6 +342,7 @@ async def remove_record(rt: Runtime, record: ContainerRecord) -> None:
             pass
     else:
         await _remove_leftovers(rt, record)
+    faults.point("RemoveContainer:removed-from-monitor")
     with contextlib.suppress(FileNotFoundError):
         await asyncio.to_thread(rt.rootfs.remove, record.id)
     shutil.rmtree(rt.bundle_dir(record.id), ignore_errors=True)

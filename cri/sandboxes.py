@@ -24,7 +24,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from cri import validate
+from cri import faults, validate
 from cri.api import api_pb2
 from cri.errors import AlreadyExists, InvalidArgument, NotFound, Unimplemented
 from cri.monitors import start_monitor
@@ -195,6 +195,7 @@ async def _create(
     # The monitor: one per pod, detached; it outlives this daemon.
     record.info["monitor_pid"] = await monitor_start
     connection = await rt.connect_monitor(sandbox_id)
+    faults.point("RunPodSandbox:monitor-started")
 
     # The infra container holds the pod's namespaces.
     bundle = state_dir / "infra"
@@ -234,6 +235,7 @@ async def _create(
         "add", app=INFRA_APP, oci=oci, stdin="null", stdout="null", stderr="null"
     )
     record.info["infra_pid"] = created.get("pid", 0)
+    faults.point("RunPodSandbox:infra-created")
     await connection.request("start", app=INFRA_APP)
     record.state = "ready"
     rt.store.update_sandbox(record)
@@ -282,6 +284,7 @@ async def _teardown(rt: Runtime, record: SandboxRecord, *, remove: bool) -> None
             await stop_record(rt, container, timeout=0)
         if remove:
             await remove_record(rt, container)
+    faults.point("StopPodSandbox:containers-stopped" if not remove else "RemovePodSandbox:mid")
     connection = await rt.monitor_or_cleanup(record.id)
     if connection is not None:
         with contextlib.suppress(Exception):
@@ -311,6 +314,7 @@ async def _teardown(rt: Runtime, record: SandboxRecord, *, remove: bool) -> None
             await rt.retire_monitor(record.id)
             with contextlib.suppress(Exception):
                 await connection.request("shutdown", timeout=30)
+            faults.point("RemovePodSandbox:monitor-shut-down")
         if connection is not None:
             await connection.close()
         rt.monitors.pop(record.id, None)

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from cri import containers, execs, metrics, sandboxes, stats
+from cri import containers, execs, faults, metrics, sandboxes, stats
 from cri.api import api_pb2, api_pb2_grpc
 from cri.errors import Unimplemented, to_grpc_status
 from cri.images.service import ImageService
@@ -67,6 +67,8 @@ def _wrap_unary(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
                 exc_info=code == grpc.StatusCode.UNKNOWN,
             )
             await context.abort(code, message)
+        if faults.ACTIVE:
+            faults.point(f"{name}:after")
         elapsed = _observe(name, self, response, "OK", started)
         log.debug("%s ok in %.1f ms", name, elapsed * 1000)
         return response

@@ -83,14 +83,16 @@ class FaultDaemon(Daemon):
         return code
 
     def status(self, container_id: str) -> api_pb2.ContainerStatus:
-        return self.runtime.ContainerStatus(
+        status: api_pb2.ContainerStatus = self.runtime.ContainerStatus(
             api_pb2.ContainerStatusRequest(container_id=container_id)
         ).status
+        return status
 
     def pod_status(self, pod_id: str) -> api_pb2.PodSandboxStatus:
-        return self.runtime.PodSandboxStatus(
+        status: api_pb2.PodSandboxStatus = self.runtime.PodSandboxStatus(
             api_pb2.PodSandboxStatusRequest(pod_sandbox_id=pod_id)
         ).status
+        return status
 
     def monitor_state(self, pod_id: str) -> dict[str, Any]:
         return dict(json.loads((self.run_dir / "pods" / pod_id / "state.json").read_text()))
