@@ -60,18 +60,50 @@ def kill_cgroup(cgroup: str, layout: cgroups.CgroupLayout) -> bool:
     return True
 
 
+def kill_runtime_commands(root: str, container_id: str) -> int:
+    """SIGKILL runc commands still working on ``container_id`` (a dead monitor's create).
+
+    Such a command, orphaned by its monitor, would otherwise finish after the
+    cleanup and bring the container's state and cgroup back.
+    """
+    wanted = (root.encode(), container_id.encode())
+    killed = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if wanted[0] in argv and wanted[1] in argv:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry), signal.SIGKILL)
+                killed += 1
+    return killed
+
+
 async def remove_container(
     runc: Runc,
     container_id: str,
     cgroup: str,
     layout: cgroups.CgroupLayout,
+    *,
+    orphaned: bool = False,
 ) -> list[str]:
     """Kill and delete one container without its monitor; returns what is left, if any.
 
     ``cgroup`` is the container's cgroup directory (relative to a hierarchy's
     root), or empty when the container never got one.  When neither runc's
     state nor the cgroup exists there is nothing to do, and no runc is run.
+    ``orphaned``: the monitor that ran runc for this container is dead, so a runc
+    command of its may still be running; it is killed first.
     """
+    killed = (
+        await asyncio.to_thread(kill_runtime_commands, runc.root, container_id) if orphaned else 0
+    )
+    if killed:
+        log.info("container %s: killed a runc command its dead monitor had started", container_id)
     state_dir = os.path.join(runc.root, container_id)
     paths = layout.all_paths(cgroup) if cgroup else []
     if not os.path.isdir(state_dir) and not any(os.path.isdir(p) for p in paths):

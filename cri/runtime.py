@@ -280,7 +280,11 @@ class Runtime:
             if container.state not in ("created", "running"):
                 continue  # "creating": its CreateContainer (or recovery) rolls it back
             await orphans.remove_container(
-                runc, container.id, self._cgroup_of(container.info), self.cgroup_layout
+                runc,
+                container.id,
+                self._cgroup_of(container.info),
+                self.cgroup_layout,
+                orphaned=True,
             )
             app = apps.get(container.id) or {}
             if app.get("state") == "exited":
@@ -291,7 +295,7 @@ class Runtime:
                     {"exit_code": 255, "reason": MONITOR_DIED, "message": message},
                 )
         await orphans.remove_container(
-            runc, sandbox_id, self._cgroup_of(record.info), self.cgroup_layout
+            runc, sandbox_id, self._cgroup_of(record.info), self.cgroup_layout, orphaned=True
         )
         record = self.store.get_sandbox(sandbox_id) or record
         record.info["monitor_lost"]["handled"] = True
@@ -311,8 +315,13 @@ class Runtime:
     ) -> None:
         """Kill and delete a container (or the pod's infra) that no monitor will."""
         cgroup = self.cgroup_dir(cgroup_path) if cgroup_path else ""
+        connection = self.monitors.get(sandbox.id)
         await orphans.remove_container(
-            self.runc_for(sandbox), object_id, cgroup, self.cgroup_layout
+            self.runc_for(sandbox),
+            object_id,
+            cgroup,
+            self.cgroup_layout,
+            orphaned=connection is None or connection.closed,
         )
 
     # -- events from monitors -----------------------------------------------------

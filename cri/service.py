@@ -20,7 +20,7 @@ import grpc
 
 from cri import containers, execs, faults, metrics, sandboxes, stats
 from cri.api import api_pb2, api_pb2_grpc
-from cri.errors import Unimplemented, to_grpc_status
+from cri.errors import RktletError, Unimplemented, to_grpc_status
 from cri.images.service import ImageService
 from cri.runtime import RUNTIME_NAME, RUNTIME_VERSION, Runtime
 
@@ -64,7 +64,8 @@ def _wrap_unary(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
                 name,
                 code.name,
                 message,
-                exc_info=code == grpc.StatusCode.UNKNOWN,
+                # A domain error's message says it all; a traceback is for bugs.
+                exc_info=not isinstance(exc, RktletError),
             )
             await context.abort(code, message)
         if faults.ACTIVE:

@@ -737,7 +737,7 @@ class Monitor:
     ) -> None:
         """Answer a request whose runtime command failed, with the runtime's own words."""
         assert app.oci is not None
-        reason = app.oci.last_error(log_mark) or f"{app.oci.runtime} {verb} exited with {status}"
+        reason = app.oci.last_error(log_mark) or f"{app.oci.runtime} {verb} {_ended(status)}"
         if pending is not None:
             error = {"code": "Internal", "message": f"cannot {verb} container: {reason}"}
             self._reply(pending[0], pending[1], {"ok": False, "error": error})
@@ -949,6 +949,13 @@ class Monitor:
             # The run dir is tmpfs in production; if even that fails the
             # monitor keeps serving and says so.
             self._log(f"cannot write {self.state_path}: {exc}")
+
+
+def _ended(status: int) -> str:
+    """How a child ended, from its wait status, in words."""
+    if os.WIFSIGNALED(status):
+        return f"was killed by signal {os.WTERMSIG(status)}"
+    return f"exited with {os.WEXITSTATUS(status)}"
 
 
 def _note_signal(signum: int, frame: object) -> None:

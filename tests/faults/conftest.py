@@ -44,9 +44,24 @@ class FaultDaemon(Daemon):
     """A daemon whose environment (fault hook, PATH) the test controls."""
 
     def __init__(self, base: Path, run_dir: Path, netns: str) -> None:
-        super().__init__(base, run_dir, netns, ["--metrics-address", f"127.0.0.1:{METRICS_PORT}"])
         self.bin_dir = base / "bin"
         self.bin_dir.mkdir()
+        # CNI plugins: the real ones, linked, beside any fault plugin a test adds.
+        self.cni_bin_dir = base / "cni-bin"
+        self.cni_bin_dir.mkdir()
+        for plugin in Path("/usr/lib/cni").iterdir():
+            (self.cni_bin_dir / plugin.name).symlink_to(plugin)
+        super().__init__(
+            base,
+            run_dir,
+            netns,
+            [
+                "--metrics-address",
+                f"127.0.0.1:{METRICS_PORT}",
+                "--cni-bin-dir",
+                str(self.cni_bin_dir),
+            ],
+        )
         self.env: dict[str, str] = {}
         #: Every pod and container id the test made, for the leak check.
         self.ids: set[str] = set()
@@ -126,6 +141,12 @@ class FaultDaemon(Daemon):
                 labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
                 out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
         return out
+
+
+def write_script(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
 
 
 def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition") -> float:
