@@ -94,10 +94,22 @@ def to_grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     so that the report is useful without exposing a traceback to the client.
     """
     if isinstance(exc, RktletError):
-        return exc.grpc_code, exc.message
+        return exc.grpc_code, bounded_message(exc.message)
     if isinstance(exc, NotImplementedError):
-        return grpc.StatusCode.UNIMPLEMENTED, str(exc) or "not implemented"
-    return grpc.StatusCode.UNKNOWN, f"{type(exc).__name__}: {exc}"
+        return grpc.StatusCode.UNIMPLEMENTED, bounded_message(str(exc) or "not implemented")
+    return grpc.StatusCode.UNKNOWN, bounded_message(f"{type(exc).__name__}: {exc}")
+
+
+#: Status messages travel in HTTP/2 headers; clients refuse headers over 8 KiB
+#: (and report RESOURCE_EXHAUSTED instead of the real error).
+MAX_MESSAGE = 2048
+
+
+def bounded_message(message: str) -> str:
+    """``message``, cut to :data:`MAX_MESSAGE` characters if a client echoed something big."""
+    if len(message) <= MAX_MESSAGE:
+        return message
+    return f"{message[: MAX_MESSAGE - 40]}... ({len(message) - MAX_MESSAGE + 40} more characters)"
 
 
 _Servicer = TypeVar("_Servicer")

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cri import cgroups, metrics, orphans
+from cri import cgroups, metrics, orphans, validate
 from cri.api import api_pb2
 from cri.config import Config, images_document
 from cri.errors import InvalidArgument, NotFound, Unavailable
@@ -512,8 +512,7 @@ def _lookup(
     get: Callable[[str], _R | None],
     find: Callable[[str], list[_R]],
 ) -> _R:
-    if not key:
-        raise InvalidArgument(f"{field}: must not be empty")
+    validate.required_id(key, field)  # the same rule for every RPC that takes an id
     record = get(key)
     if record is None:
         matches = find(key)

@@ -130,3 +130,21 @@ def test_daemon_killed_during_rpc(fdaemon: FaultDaemon, point: str) -> None:
     assert life.kills == 1, f"the daemon never reached {point}"
     assert fdaemon.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items == []
     assert_no_leaks(fdaemon)
+
+
+@pytest.mark.timeout(60)
+def test_clean_shutdown_leaves_no_sockets(fdaemon: FaultDaemon) -> None:
+    pod_id, pod_config = fdaemon.run_pod("shutdown")
+    ctr = fdaemon.run_container(
+        pod_id, pod_config, fdaemon.container_config("app", "busybox", ["sleep", "3600"])
+    )
+    reply = fdaemon.runtime.ExecSync(api_pb2.ExecSyncRequest(container_id=ctr, cmd=["true"]))
+    assert reply.exit_code == 0
+    assert (fdaemon.run_dir / "exec-helper.sock").exists()
+    fdaemon.stop()  # SIGTERM: pods keep running, the daemon's own sockets go
+    left = sorted(p.name for p in fdaemon.run_dir.iterdir() if p.is_socket())
+    assert left == []
+    fdaemon.start()
+    assert fdaemon.status(ctr).state == api_pb2.ContainerState.CONTAINER_RUNNING
+    fdaemon.remove_pod(pod_id)
+    assert_no_leaks(fdaemon)
