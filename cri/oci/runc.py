@@ -617,11 +617,12 @@ class Runc:
         log_text = self._read_and_remove(log_path)
         if "runc" in status:
             message = _log_message(log_text, stderr)
-            code = exec_start_failure(message)
-            if code is not None:
+            start_failure = exec_start_failure(message)
+            if start_failure is not None:
                 # The command could not be started: an answer about the command (as a
                 # shell gives), not an error of the runtime.
-                return ExecResult(code, stdout, message.encode() + b"\n", timed_out=timed_out)
+                stderr = message.encode() + b"\n"
+                return ExecResult(start_failure, stdout, stderr, timed_out=timed_out)
             raise self._error(argv, int(status["runc"]), log_text, stderr)
         detail = status.get("error") or no_report
         raise RuncError(f"runc exec: {detail}", command=argv)
