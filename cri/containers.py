@@ -16,6 +16,7 @@ import os
 import secrets
 import shutil
 import signal as signal_module
+import sqlite3
 from typing import Any
 
 from cri import faults, validate
@@ -97,7 +98,7 @@ async def create(rt: Runtime, request: api_pb2.CreateContainerRequest) -> Any:
     )
     try:
         rt.store.add_container(record)
-    except Exception as exc:
+    except sqlite3.IntegrityError as exc:
         raise AlreadyExists(f"config.metadata: container {meta.name!r} exists") from exc
     try:
         async with rt.lock(container_id):
@@ -199,7 +200,7 @@ async def rollback_container(rt: Runtime, record: ContainerRecord) -> None:
         await asyncio.to_thread(rt.rootfs.remove, record.id)
     shutil.rmtree(rt.bundle_dir(record.id), ignore_errors=True)
     rt.store.delete_container(record.id)
-    rt.forget_lock(record.id)
+    rt.forget_container(record.id)
 
 
 async def _remove_leftovers(rt: Runtime, record: ContainerRecord) -> None:
@@ -329,7 +330,7 @@ async def remove(rt: Runtime, request: api_pb2.RemoveContainerRequest) -> Any:
         if fresh.state in ("running", "created"):
             await stop_record(rt, fresh, timeout=0)
         await remove_record(rt, fresh)
-    rt.forget_lock(record.id)
+    rt.forget_lock(record.id)  # again: a waiter may have made it anew
     return api_pb2.RemoveContainerResponse()
 
 
@@ -347,6 +348,7 @@ async def remove_record(rt: Runtime, record: ContainerRecord) -> None:
         await asyncio.to_thread(rt.rootfs.remove, record.id)
     shutil.rmtree(rt.bundle_dir(record.id), ignore_errors=True)
     rt.store.delete_container(record.id)
+    rt.forget_container(record.id)
     rt.publish(record, api_pb2.ContainerEventType.CONTAINER_DELETED_EVENT)
 
 
@@ -367,7 +369,7 @@ def container_status_proto(rt: Runtime, record: ContainerRecord) -> api_pb2.Cont
         image_ref=record.image_ref,
         image_id=record.image_id,
         reason=record.reason if record.state == "exited" else "",
-        message=record.message,
+        message="; ".join(m for m in (record.message, rt.log_drop_message(record.id)) if m),
         labels=config.labels,
         annotations=config.annotations,
         mounts=config.mounts,

@@ -196,6 +196,8 @@ class MonitorConnection:
                 if "event" in message:
                     try:
                         await self._on_event(message)
+                    except RktletError as exc:  # e.g. a read-only state disk
+                        log.warning("pod %s: cannot record an event: %s", self.sandbox_id, exc)
                     except Exception:
                         log.exception("pod %s: handling monitor event failed", self.sandbox_id)
                     continue

@@ -92,6 +92,8 @@ class Runtime:
         self._tasks: set[asyncio.Task[Any]] = set()
         #: Per-object locks so that two RPCs on one pod or container serialise.
         self._locks: dict[str, asyncio.Lock] = {}
+        #: Log drops reported by monitors, by container (see note_log_stats).
+        self.log_drops: dict[str, dict[str, Any]] = {}
         #: Monitor deaths being handled, by pod (several RPCs may notice one death).
         self._deaths: dict[str, asyncio.Task[None]] = {}
         self.streaming: Any = None
@@ -132,6 +134,14 @@ class Runtime:
 
     def forget_lock(self, key: str) -> None:
         self._locks.pop(key, None)
+
+    def forget_container(self, container_id: str) -> None:
+        """Drop everything kept in memory about a removed container (or pod)."""
+        self._locks.pop(container_id, None)
+        self.log_drops.pop(container_id, None)
+        # CPU samples are kept by cgroup directory, which ends in the object's id.
+        for directory in [d for d in self.cpu_samples if d.endswith(container_id)]:
+            del self.cpu_samples[directory]
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
@@ -327,6 +337,9 @@ class Runtime:
     # -- events from monitors -----------------------------------------------------
 
     async def on_monitor_event(self, sandbox_id: str, event: dict[str, Any]) -> None:
+        if event.get("event") == "log":
+            self.note_log_stats(str(event.get("app", "")), event, announce=True)
+            return
         if event.get("event") != "exited":
             return
         app = str(event.get("app", ""))
@@ -336,6 +349,40 @@ class Runtime:
         if record is None or record.state == "exited":
             return
         self.record_exit(record, event)
+
+    def note_log_stats(self, container_id: str, stats: Mapping[str, Any], announce: bool) -> None:
+        """Remember a container's log drops (for ContainerStatus); warn once per episode."""
+        if not container_id or (not stats.get("dropped_lines") and not stats.get("dropping")):
+            return
+        self.log_drops[container_id] = {
+            key: stats.get(key)
+            for key in ("dropped_lines", "dropped_bytes", "last_error", "dropping")
+        }
+        if not announce:
+            return
+        if stats.get("dropping"):
+            log.warning(
+                "container %s: cannot write its log (%s); output is dropped until it can",
+                container_id,
+                stats.get("last_error") or "write failed",
+            )
+        else:
+            log.warning(
+                "container %s: log writes work again; %s lines (%s bytes) were dropped",
+                container_id,
+                stats.get("dropped_lines"),
+                stats.get("dropped_bytes"),
+            )
+
+    def log_drop_message(self, container_id: str) -> str:
+        """ContainerStatus words for a container whose log lost output, else ''."""
+        drops = self.log_drops.get(container_id)
+        if not drops:
+            return ""
+        text = f"log: {drops['dropped_lines']} lines ({drops['dropped_bytes']} bytes) dropped"
+        if drops.get("dropping"):
+            text += f", still dropping ({drops.get('last_error') or 'write failed'})"
+        return text
 
     def record_exit(self, record: ContainerRecord, status: dict[str, Any]) -> None:
         """A container's process has ended: persist how, then tell subscribers."""
@@ -450,6 +497,8 @@ class Runtime:
                 if apps is None:
                     continue
                 app = apps.get(record.id)
+                if app is not None and isinstance(app.get("log"), dict):
+                    self.note_log_stats(record.id, app["log"], announce=False)
                 if app is None:
                     if record.state in ("created", "running"):
                         self.record_exit(record, {"exit_code": 255, "message": "lost"})

@@ -21,6 +21,7 @@ import os
 import secrets
 import shutil
 import socket
+import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -93,7 +94,7 @@ async def run(rt: Runtime, request: api_pb2.RunPodSandboxRequest) -> Any:
     )
     try:
         rt.store.add_sandbox(record)
-    except Exception as exc:  # the unique index: a concurrent RunPodSandbox won
+    except sqlite3.IntegrityError as exc:  # the unique index: a concurrent RunPodSandbox won
         raise AlreadyExists(f"config.metadata: pod {meta.namespace}/{meta.name} exists") from exc
     undo: list[Undo] = []
     async with rt.lock(sandbox_id):
@@ -272,7 +273,7 @@ async def remove(rt: Runtime, request: api_pb2.RemovePodSandboxRequest) -> Any:
         record = rt.store.get_sandbox(record.id) or record
         await _teardown(rt, record, remove=True)
         rt.store.delete_sandbox(record.id)
-    rt.forget_lock(record.id)
+    rt.forget_container(record.id)
     return api_pb2.RemovePodSandboxResponse()
 
 

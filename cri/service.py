@@ -20,7 +20,7 @@ import grpc
 
 from cri import containers, execs, faults, metrics, sandboxes, stats
 from cri.api import api_pb2, api_pb2_grpc
-from cri.errors import RktletError, Unimplemented, to_grpc_status
+from cri.errors import RktletError, Unimplemented, node_condition, to_grpc_status
 from cri.images.service import ImageService
 from cri.runtime import RUNTIME_NAME, RUNTIME_VERSION, Runtime
 
@@ -65,7 +65,7 @@ def _wrap_unary(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
                 code.name,
                 message,
                 # A domain error's message says it all; a traceback is for bugs.
-                exc_info=not isinstance(exc, RktletError),
+                exc_info=not isinstance(exc, RktletError) and node_condition(exc) is None,
             )
             await context.abort(code, message)
         if faults.ACTIVE:

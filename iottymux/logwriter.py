@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from iottymux.logformat import (
     DEFAULT_MAX_LINE_SIZE,
@@ -56,6 +56,8 @@ class LogStats:
         "dropped_bytes",
         "write_errors",
         "last_error",
+        "dropping",
+        "drop_episodes",
     )
 
     def __init__(self) -> None:
@@ -65,9 +67,11 @@ class LogStats:
         self.dropped_lines = 0
         self.dropped_bytes = 0
         self.write_errors = 0
-        self.last_error = ""
+        self.last_error = ""  # cleared once a write succeeds again
+        self.dropping = False  # the last write failed: an episode of drops is under way
+        self.drop_episodes = 0
 
-    def as_dict(self) -> dict[str, int | str]:
+    def as_dict(self) -> dict[str, int | str | bool]:
         return {
             "lines": self.lines,
             "bytes": self.bytes,
@@ -76,18 +80,25 @@ class LogStats:
             "dropped_bytes": self.dropped_bytes,
             "write_errors": self.write_errors,
             "last_error": self.last_error,
+            "dropping": self.dropping,
+            "drop_episodes": self.drop_episodes,
         }
+
+
+#: Told when an episode of drops starts (True) and when writes succeed again (False).
+EpisodeHook = Callable[[bool], None]
 
 
 class LogFile:
     """An ``O_APPEND`` file written one batch at a time, dropping on failure."""
 
-    __slots__ = ("fd", "path", "stats")
+    __slots__ = ("fd", "on_episode", "path", "stats")
 
-    def __init__(self, path: str, stats: LogStats) -> None:
+    def __init__(self, path: str, stats: LogStats, on_episode: EpisodeHook | None = None) -> None:
         self.path = path
         self.fd = open_log(path)
         self.stats = stats
+        self.on_episode = on_episode
 
     def write(self, parts: Sequence[Buffer], size: int, records: int) -> bool:
         """Append one batch (``records`` whole records); False if it was dropped."""
@@ -104,7 +115,15 @@ class LogFile:
             self._drop(size, records, written, exc)
             return False
         self.stats.lines += records
+        if self.stats.dropping:
+            self._recovered()
         return True
+
+    def _recovered(self) -> None:
+        self.stats.dropping = False
+        self.stats.last_error = ""
+        if self.on_episode is not None:
+            self.on_episode(False)
 
     def _drop(self, size: int, records: int, written: int, exc: OSError) -> None:
         if written:
@@ -119,6 +138,11 @@ class LogFile:
         self.stats.dropped_bytes += size
         self.stats.write_errors += 1
         self.stats.last_error = f"{errno.errorcode.get(exc.errno or 0, exc.errno)}: {exc.strerror}"
+        if not self.stats.dropping:
+            self.stats.dropping = True
+            self.stats.drop_episodes += 1
+            if self.on_episode is not None:
+                self.on_episode(True)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -130,10 +154,16 @@ class AppLog:
     """Framing plus file for one app: stdout and stderr share the file."""
 
     def __init__(
-        self, path: str, max_line_size: int = DEFAULT_MAX_LINE_SIZE, *, tty: bool = False
+        self,
+        path: str,
+        max_line_size: int = DEFAULT_MAX_LINE_SIZE,
+        *,
+        tty: bool = False,
+        on_episode: EpisodeHook | None = None,
     ) -> None:
         self.stats = LogStats()
-        self.file = LogFile(path, self.stats)
+        self.on_episode = on_episode
+        self.file = LogFile(path, self.stats, on_episode)
         self.framers = {
             STDOUT: LineFramer(STDOUT, max_line_size, crlf=tty),
             STDERR: LineFramer(STDERR, max_line_size, crlf=tty),
@@ -153,7 +183,7 @@ class AppLog:
         if records:
             self.file.write(parts, size, records)
 
-    def stats_dict(self) -> dict[str, int | str]:
+    def stats_dict(self) -> dict[str, int | str | bool]:
         # P records caused by the max line size: the framers count them.
         splits = sum(f.splits for f in self.framers.values())
         return {**self.stats.as_dict(), "partial_splits": splits}
@@ -172,7 +202,7 @@ class AppLog:
         file once it ends: no line is split across the two files.  If the new
         file cannot be opened the old one stays in use and the error is raised.
         """
-        new = LogFile(self.file.path, self.stats)
+        new = LogFile(self.file.path, self.stats, self.on_episode)
         old, self.file = self.file, new
         old.close()
 

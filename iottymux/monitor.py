@@ -156,6 +156,8 @@ class App:
         self._child_fds: list[int] = []
         #: Control connections waiting for this app's exit, with request ids.
         self.waiters: list[tuple[ControlConnection, Any]] = []
+        #: Told when log writes start failing and when they work again.
+        self.on_episode: Callable[[bool], None] | None = None
 
     # -- stdio -----------------------------------------------------------
 
@@ -164,7 +166,9 @@ class App:
         try:
             logs = any(self.modes[s] in ("log", "stream", "tty") for s in ("stdout", "stderr"))
             if logs and self.log_path:
-                self.log = AppLog(self.log_path, self.max_line_size, tty=self.tty)
+                self.log = AppLog(
+                    self.log_path, self.max_line_size, tty=self.tty, on_episode=self.on_episode
+                )
             if self.tty and self.oci is not None:
                 # The runtime makes the pty; its master arrives on this socket.
                 self.console = listen_unix(self.console_path, mode=0o600)
@@ -462,6 +466,16 @@ class Monitor:
         app.waiters.clear()
         self._broadcast(event)
 
+    def _log_episode(self, app: App, dropping: bool) -> None:
+        """Log writes of ``app`` started failing, or work again: say so once, not per drop."""
+        assert app.log is not None
+        stats = app.log.stats
+        if dropping:
+            self._log(f"{app.name}: cannot write its log ({stats.last_error}); dropping output")
+        else:
+            self._log(f"{app.name}: log writes work again; {stats.dropped_lines} lines dropped")
+        self._broadcast({"event": "log", "app": app.name, **stats.as_dict()})
+
     # -- outputs -------------------------------------------------------------
 
     def _watch_outputs(self, app: App) -> None:
@@ -639,6 +653,7 @@ class Monitor:
         if name in self.apps:
             raise ControlError("AlreadyExists", f"app {name!r} already exists")
         app = App(name, spec)
+        app.on_episode = functools.partial(self._log_episode, app)
         if app.oci is not None and app.tty:
             # Short, because the runtime dials it by path (sun_path limit).
             self._console_seq += 1

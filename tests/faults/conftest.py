@@ -233,8 +233,10 @@ def snapshot(daemon: FaultDaemon) -> Snapshot:
     return Snapshot(pid, fds)
 
 
-def assert_no_leaks(daemon: FaultDaemon, before: Snapshot | None = None) -> None:
-    """Nothing of the test's pods and containers is left anywhere."""
+def assert_no_leaks(
+    daemon: FaultDaemon, before: Snapshot | None = None, *, own_mounts: Iterable[Path] = ()
+) -> None:
+    """Nothing of the test's pods and containers is left anywhere (but ``own_mounts``)."""
     ids = set(daemon.ids)
     for pod in daemon.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items:
         ids.add(pod.id)
@@ -249,7 +251,8 @@ def assert_no_leaks(daemon: FaultDaemon, before: Snapshot | None = None) -> None
     with open("/proc/self/mountinfo") as f:
         mounts = [line.split()[4] for line in f]
     prefixes = (str(daemon.base), str(daemon.run_dir))
-    problems += [f"mount {m}" for m in mounts if m.startswith(prefixes)]
+    allowed = {str(p) for p in own_mounts}
+    problems += [f"mount {m}" for m in mounts if m.startswith(prefixes) and m not in allowed]
     for directory in (
         daemon.run_dir / "netns",
         daemon.run_dir / "pods",
