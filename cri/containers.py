@@ -25,7 +25,14 @@ from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFo
 from cri.monitors import MonitorConnection
 from cri.oci import spec as oci_spec
 from cri.oci.image_config import ImageConfig
-from cri.runtime import CONTAINER_STATES, INFRA_APP, MONITOR_DIED, Runtime, labels_match
+from cri.runtime import (
+    CONTAINER_STATES,
+    INFRA_APP,
+    MONITOR_DIED,
+    Runtime,
+    labels_match,
+    write_private,
+)
 from cri.store import ContainerRecord, SandboxRecord, now_ns
 
 log = logging.getLogger("rktlet.containers")
@@ -157,7 +164,7 @@ async def _create(
         ),
         warn=lambda message: log.warning("container %s: %s", record.id, message),
     )
-    (bundle / "config.json").write_text(json.dumps(spec))
+    write_private(bundle / "config.json", json.dumps(spec))
     record.info["stop_signal"] = image_config.stop_signal or "SIGTERM"
     tty = config.tty
     if tty:

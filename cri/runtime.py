@@ -62,8 +62,18 @@ class Runtime:
         self.config = config
         self.root = Path(config.root)
         self.run_dir = Path(config.run_dir)
-        for directory in (self.root, self.run_dir, self.pods_dir, self.containers_dir):
-            directory.mkdir(parents=True, exist_ok=True, mode=0o711)
+        # The root holds container environments (bundles, state.db): owner only.
+        # The run dir only needs crossing (rktlet.sock is 0660, for the CRI group).
+        # User-namespaced containers will need the path to their rootfs crossable
+        # by the mapped ids: that path, and only it, then becomes 0711.
+        for directory, mode in (
+            (self.root, 0o700),
+            (self.run_dir, 0o711),
+            (self.pods_dir, 0o700),
+            (self.containers_dir, 0o700),
+        ):
+            directory.mkdir(parents=True, exist_ok=True, mode=mode)
+            directory.chmod(mode)  # an older install made them 0711
         self.runc_root = str(self.run_dir / "runc")
         self.store = Store(self.root / "state.db")
         self.image_store = ImageStore(self.root / "images")
@@ -524,6 +534,13 @@ class Runtime:
             await self.images.aclose()
         self.exec_helper.stop()
         self.store.close()
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only root may read (a bundle's config.json carries the environment)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 def _death_handled(record: SandboxRecord) -> bool:

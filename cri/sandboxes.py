@@ -31,7 +31,7 @@ from cri.errors import AlreadyExists, InvalidArgument, NotFound, Unimplemented
 from cri.monitors import start_monitor
 from cri.network import netns, podfiles
 from cri.oci import spec as oci_spec
-from cri.runtime import INFRA_APP, Runtime, labels_match
+from cri.runtime import INFRA_APP, Runtime, labels_match, write_private
 from cri.store import SandboxRecord, now_ns
 
 log = logging.getLogger("rktlet.sandboxes")
@@ -214,7 +214,7 @@ async def _create(
         ),
         warn=lambda message: log.warning("pod %s: %s", sandbox_id, message),
     )
-    (bundle / "config.json").write_text(json.dumps(spec))
+    write_private(bundle / "config.json", json.dumps(spec))
     oci = {
         "runtime": rt.config.handler_binary(record.runtime_handler),
         "root": rt.runc_root,

@@ -1,0 +1,88 @@
+"""Container environments (passwords, tokens) are readable by root only.
+
+Checked the way an attacker would try: as an unprivileged user (uid 65534,
+through setpriv), every file that holds a container's environment -- the state
+database and its WAL files, the bundles' config.json, runc's and the monitor's
+state -- must be unreadable, and the directories above them closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cri.api import api_pb2
+from tests.cri.conftest import Daemon
+
+SECRET = "hunter2-s3cr3t"
+
+
+def _as_nobody(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+@contextlib.contextmanager
+def _crossable_ancestors(path: Path) -> Iterator[None]:
+    """Let others cross the directories above ``path`` (pytest makes its base 0700),
+    so that only the daemon's own modes stand between them and its files."""
+    saved = []
+    for parent in path.parents:
+        mode = parent.stat().st_mode & 0o7777
+        if mode & 0o001 == 0:
+            saved.append((parent, mode))
+            parent.chmod(mode | 0o001)
+    try:
+        yield
+    finally:
+        for parent, mode in saved:
+            parent.chmod(mode)
+
+
+@pytest.mark.timeout(120)
+def test_container_secrets_are_not_readable_by_other_users(daemon: Daemon) -> None:
+    with _crossable_ancestors(daemon.root):
+        _check_secrets(daemon)
+
+
+def _check_secrets(daemon: Daemon) -> None:
+    pod_id, pod_config = daemon.run_pod("secrets")
+    config = daemon.container_config(
+        "app",
+        "busybox",
+        ["sleep", "3600"],
+        envs=[api_pb2.KeyValue(key="PASSWORD", value=SECRET)],
+    )
+    ctr = daemon.run_container(pod_id, pod_config, config)
+    holders = [
+        daemon.root / "state.db",
+        daemon.root / "state.db-wal",
+        daemon.root / "state.db-shm",
+        daemon.root / "containers" / ctr / "config.json",
+        daemon.root / "sandboxes" / pod_id / "infra" / "config.json",
+        daemon.run_dir / "runc" / ctr / "state.json",
+    ]
+    found = [p for p in holders if p.exists()]
+    assert len(found) >= 5, found
+    assert any(SECRET.encode() in p.read_bytes() for p in found), "the test checks nothing"
+    for path in found:
+        assert path.stat().st_mode & 0o077 == 0 or path.parent.stat().st_mode & 0o001 == 0, path
+        denied = _as_nobody("cat", str(path))
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr, path
+    assert daemon.root.stat().st_mode & 0o777 == 0o700
+    listing = _as_nobody("ls", str(daemon.root))
+    assert listing.returncode != 0
+    # Whatever nobody can find anywhere under the daemon's directories holds no secret.
+    for top in (daemon.root, daemon.run_dir):
+        grep = _as_nobody("grep", "-rl", SECRET, str(top))
+        assert grep.stdout == "", grep.stdout
+    for mode_path in (daemon.root / "state.db", daemon.root / "containers" / ctr / "config.json"):
+        assert mode_path.stat().st_mode & 0o777 == 0o600, mode_path
