@@ -178,6 +178,7 @@ async def _create(
     fields: dict[str, Any] = dict(modes)
     if record.log_path:
         fields["log_path"] = record.log_path
+        fields["log_root"] = os.path.normpath(sandbox_config.log_directory)
     oci = {
         "runtime": rt.config.handler_binary(sandbox.runtime_handler),
         "root": rt.runc_root,

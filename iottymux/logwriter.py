@@ -16,6 +16,7 @@ import errno
 import os
 from collections.abc import Callable, Sequence
 
+from iottymux.beneath import open_beneath
 from iottymux.logformat import (
     DEFAULT_MAX_LINE_SIZE,
     STDERR,
@@ -36,12 +37,23 @@ DROP_ERRNOS = frozenset(
 )
 
 
-def open_log(path: str) -> int:
-    """Open (creating it and its directories) a CRI log file for appending."""
+def open_log(path: str, root: str | None = None) -> int:
+    """Open (creating it and its directories) a CRI log file for appending.
+
+    With ``root`` (the pod's log directory), ``path`` must lie beneath it and is
+    opened without following any symlink below ``root``.
+    """
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+    if root is not None:
+        prefix = root.rstrip("/") + "/"
+        relative = path[len(prefix) :] if path.startswith(prefix) else ""
+        if not relative:
+            raise OSError(errno.EINVAL, f"not beneath {root}", path)
+        return open_beneath(root, relative, flags, LOG_FILE_MODE)
     parent = os.path.dirname(path)
     if parent:
         os.makedirs(parent, mode=0o755, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, LOG_FILE_MODE)
+    fd = os.open(path, flags, LOG_FILE_MODE)
     return fd
 
 
@@ -92,11 +104,18 @@ EpisodeHook = Callable[[bool], None]
 class LogFile:
     """An ``O_APPEND`` file written one batch at a time, dropping on failure."""
 
-    __slots__ = ("fd", "on_episode", "path", "stats")
+    __slots__ = ("fd", "on_episode", "path", "root", "stats")
 
-    def __init__(self, path: str, stats: LogStats, on_episode: EpisodeHook | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        stats: LogStats,
+        on_episode: EpisodeHook | None = None,
+        root: str | None = None,
+    ) -> None:
         self.path = path
-        self.fd = open_log(path)
+        self.root = root
+        self.fd = open_log(path, root)
         self.stats = stats
         self.on_episode = on_episode
 
@@ -160,10 +179,11 @@ class AppLog:
         *,
         tty: bool = False,
         on_episode: EpisodeHook | None = None,
+        root: str | None = None,
     ) -> None:
         self.stats = LogStats()
         self.on_episode = on_episode
-        self.file = LogFile(path, self.stats, on_episode)
+        self.file = LogFile(path, self.stats, on_episode, root)
         self.framers = {
             STDOUT: LineFramer(STDOUT, max_line_size, crlf=tty),
             STDERR: LineFramer(STDERR, max_line_size, crlf=tty),
@@ -202,7 +222,7 @@ class AppLog:
         file once it ends: no line is split across the two files.  If the new
         file cannot be opened the old one stays in use and the error is raised.
         """
-        new = LogFile(self.file.path, self.stats, self.on_episode)
+        new = LogFile(self.file.path, self.stats, self.on_episode, self.file.root)
         old, self.file = self.file, new
         old.close()
 

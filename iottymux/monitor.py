@@ -125,6 +125,8 @@ class App:
         }
         self.tty = "tty" in self.modes.values()
         self.log_path: str | None = spec.get("log_path")
+        #: The directory the log path must stay beneath (no symlink followed below it).
+        self.log_root: str | None = spec.get("log_root")
         self.max_line_size: int = spec.get("max_line_size", DEFAULT_MAX_LINE_SIZE)
         self.stdin_once: bool = spec.get("stdin_once", False)
         self.attach_queue_size: int = spec.get("attach_queue_size", DEFAULT_QUEUE_SIZE)
@@ -167,7 +169,11 @@ class App:
             logs = any(self.modes[s] in ("log", "stream", "tty") for s in ("stdout", "stderr"))
             if logs and self.log_path:
                 self.log = AppLog(
-                    self.log_path, self.max_line_size, tty=self.tty, on_episode=self.on_episode
+                    self.log_path,
+                    self.max_line_size,
+                    tty=self.tty,
+                    on_episode=self.on_episode,
+                    root=self.log_root,
                 )
             if self.tty and self.oci is not None:
                 # The runtime makes the pty; its master arrives on this socket.
@@ -1056,7 +1062,17 @@ def validate_add(msg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     if log_path is not None:
         if not isinstance(log_path, str) or not log_path.startswith("/") or "\0" in log_path:
             raise invalid("log_path: must be an absolute path")
+        if log_path.endswith("/"):
+            raise invalid("log_path: names a directory, not a file")
         spec["log_path"] = os.path.normpath(log_path)
+    log_root = msg.get("log_root")
+    if log_root is not None:
+        if not isinstance(log_root, str) or not log_root.startswith("/") or "\0" in log_root:
+            raise invalid("log_root: must be an absolute path")
+        log_root = os.path.normpath(log_root)
+        if not spec.get("log_path", "").startswith(log_root.rstrip("/") + "/"):
+            raise invalid("log_path: must lie beneath log_root")
+        spec["log_root"] = log_root
     elif any(spec[f] == "log" for f in ("stdout", "stderr")):
         raise invalid("log_path: required when a stream's mode is 'log'")
     max_line = msg.get("max_line_size", DEFAULT_MAX_LINE_SIZE)

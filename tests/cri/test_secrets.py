@@ -86,3 +86,45 @@ def _check_secrets(daemon: Daemon) -> None:
         assert grep.stdout == "", grep.stdout
     for mode_path in (daemon.root / "state.db", daemon.root / "containers" / ctr / "config.json"):
         assert mode_path.stat().st_mode & 0o777 == 0o600, mode_path
+
+
+@pytest.mark.timeout(120)
+def test_log_symlinks_do_not_lead_the_monitor_outside_the_log_dir(daemon: Daemon) -> None:
+    import grpc
+
+    outside = daemon.base / "outside"
+    outside.mkdir()
+    pod_id, pod_config = daemon.run_pod("links")
+    log_dir = Path(pod_config.log_directory)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    (log_dir / "planted").symlink_to(outside)
+    config = daemon.container_config("app", "busybox", ["echo", "hi"], log_path="planted/0.log")
+    with pytest.raises(grpc.RpcError) as err:
+        daemon.run_container(pod_id, pod_config, config)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert err.value.details().startswith("log_path:")
+    assert list(outside.iterdir()) == []
+    assert daemon.runtime.ListContainers(api_pb2.ListContainersRequest()).containers == []
+
+    trailing = daemon.container_config("app", "busybox", ["echo", "hi"], log_path="app/")
+    with pytest.raises(grpc.RpcError) as err:
+        daemon.run_container(pod_id, pod_config, trailing)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("config.log_path:")
+
+    # Rotation: the file is moved away and a symlink put in its place before the reopen.
+    ticker = daemon.container_config(
+        "ticker", "busybox", ["sh", "-c", "while :; do echo tick; sleep 0.05; done"]
+    )
+    ctr = daemon.run_container(pod_id, pod_config, ticker)
+    log_path = Path(
+        daemon.runtime.ContainerStatus(
+            api_pb2.ContainerStatusRequest(container_id=ctr)
+        ).status.log_path
+    )
+    log_path.rename(log_path.with_suffix(".log.1"))
+    log_path.symlink_to(outside / "rotated-through-link")
+    with pytest.raises(grpc.RpcError) as err:
+        daemon.runtime.ReopenContainerLog(api_pb2.ReopenContainerLogRequest(container_id=ctr))
+    assert "cannot reopen" in err.value.details()
+    assert list(outside.iterdir()) == []
