@@ -1073,7 +1073,7 @@ def validate_add(msg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         if not spec.get("log_path", "").startswith(log_root.rstrip("/") + "/"):
             raise invalid("log_path: must lie beneath log_root")
         spec["log_root"] = log_root
-    elif any(spec[f] == "log" for f in ("stdout", "stderr")):
+    if log_path is None and any(spec[f] == "log" for f in ("stdout", "stderr")):
         raise invalid("log_path: required when a stream's mode is 'log'")
     max_line = msg.get("max_line_size", DEFAULT_MAX_LINE_SIZE)
     if isinstance(max_line, bool) or not isinstance(max_line, int) or not 1 <= max_line <= 1 << 24:
