@@ -128,3 +128,33 @@ def test_log_symlinks_do_not_lead_the_monitor_outside_the_log_dir(daemon: Daemon
         daemon.runtime.ReopenContainerLog(api_pb2.ReopenContainerLogRequest(container_id=ctr))
     assert "cannot reopen" in err.value.details()
     assert list(outside.iterdir()) == []
+
+
+@pytest.mark.timeout(120)
+def test_metrics_on_a_unix_socket(tmp_path: Path, image_archives: dict[str, Path]) -> None:
+    import secrets
+    import socket
+
+    from tests.cri import conftest as cri_conftest
+
+    run_dir = Path(f"/run/rktlet-t-{secrets.token_hex(4)}")
+    sock_path = run_dir / "metrics.sock"
+    with cri_conftest.test_netns() as netns:
+        d = Daemon(tmp_path, run_dir, netns, ["--metrics-address", f"unix://{sock_path}"])
+        try:
+            d.start()
+            assert sock_path.stat().st_mode & 0o777 == 0o660
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(10)
+                sock.connect(str(sock_path))
+                sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+                data = b""
+                while chunk := sock.recv(65536):
+                    data += chunk
+            assert data.startswith(b"HTTP/1.0 200")
+            assert b"rktlet_monitors" in data
+            d.stop()
+            assert not sock_path.exists()
+        finally:
+            d.stop()
+            cri_conftest._force_cleanup(d)
