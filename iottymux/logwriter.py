@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from collections.abc import Callable, Sequence
 
 from iottymux.beneath import open_beneath
@@ -29,6 +30,10 @@ from iottymux.logformat import (
 IOV_MAX = os.sysconf("SC_IOV_MAX")
 
 LOG_FILE_MODE = 0o640
+
+#: How long a reopen waits for a line cut into P pieces to end before it gives
+#: up keeping that line whole and switches files anyway.
+SWITCH_DEADLINE = 2.0
 
 #: Errors that mean "the disk cannot take this now"; anything else is a bug we
 #: want to see, but we still must not stop draining, so it is counted the same way.
@@ -184,6 +189,9 @@ class AppLog:
         self.stats = LogStats()
         self.on_episode = on_episode
         self.file = LogFile(path, self.stats, on_episode, root)
+        #: The file a reopen made, used once no line is half-written (see reopen).
+        self._next: LogFile | None = None
+        self._switch_by = 0.0
         self.framers = {
             STDOUT: LineFramer(STDOUT, max_line_size, crlf=tty),
             STDERR: LineFramer(STDERR, max_line_size, crlf=tty),
@@ -202,6 +210,8 @@ class AppLog:
         parts, size, records = framer.feed_parts(data, self._clock.now())
         if records:
             self.file.write(parts, size, records)
+        if self._next is not None:
+            self._maybe_switch()
 
     def stats_dict(self) -> dict[str, int | str | bool]:
         # P records caused by the max line size: the framers count them.
@@ -213,18 +223,35 @@ class AppLog:
         out, records = self.framers[stream].flush(self._clock.now())
         if records:
             self.file.write([out], len(out), records)
+        if self._next is not None:
+            self._maybe_switch()
 
     def reopen(self) -> None:
-        """Switch to a new file at the same path.
+        """Switch to a new file at the same path; it exists when this returns.
 
-        The caller has drained the app's pipes into the old file first.  An
-        unfinished line stays in its framer and is written, whole, to the new
-        file once it ends: no line is split across the two files.  If the new
-        file cannot be opened the old one stays in use and the error is raised.
+        No line is split across the two files.  An unfinished line that is still
+        whole in its framer goes, whole, to the new file.  A line already cut
+        into ``P`` pieces (longer than the maximum line size) is finished in the
+        old file first: the switch waits for its ``F`` -- without blocking, at
+        the next write -- or at most :data:`SWITCH_DEADLINE` seconds.  If the
+        new file cannot be opened the old one stays in use and the error is raised.
         """
         new = LogFile(self.file.path, self.stats, self.on_episode, self.file.root)
-        old, self.file = self.file, new
+        if self._next is not None:
+            self._next.close()  # reopened again before the last switch happened
+        self._next = new
+        self._switch_by = time.monotonic() + SWITCH_DEADLINE
+        self._maybe_switch()
+
+    def _maybe_switch(self) -> None:
+        assert self._next is not None
+        if any(f.in_line for f in self.framers.values()) and time.monotonic() < self._switch_by:
+            return
+        old, self.file, self._next = self.file, self._next, None
         old.close()
 
     def close(self) -> None:
+        if self._next is not None:
+            self._next.close()
+            self._next = None
         self.file.close()

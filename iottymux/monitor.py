@@ -850,10 +850,12 @@ class Monitor:
             raise ControlError("FailedPrecondition", f"app {app.name!r} is not running")
         if app.log is None:
             raise ControlError("FailedPrecondition", f"app {app.name!r} has no log file")
-        # What the app wrote before this request belongs to the old file.
+        # What the app wrote before this request belongs to the old file: one read
+        # of what is in each pipe now (a writer that never stops would keep a full
+        # drain going, and the reply waiting, for as long as it writes).
         for output in list(app.outputs):
             if output.logged and not output.eof:
-                self._drain(app, output)
+                self._read_once(app, output)
         try:
             app.log.reopen()
         except OSError as exc:

@@ -66,6 +66,9 @@ def parse(data: bytes, name: str = "log") -> list[Line]:
             lines.append(Line(timestamp, key, b"".join([*pieces, content])))
         else:
             raise CriLogError(f"{where}: bad tag {tags!r}")
+    if pending:
+        # A line cut into P pieces must end (F) in the same file, never in the next.
+        raise CriLogError(f"{name}: ends inside a line ({sorted(pending)} has P without F)")
     return lines
 
 
