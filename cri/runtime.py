@@ -476,6 +476,18 @@ class Runtime:
                     "cniConfDir": self.config.cni_conf_dir,
                 }
             )
+            # What the daemon keeps in memory per pod and container: it must
+            # shrink back when they are removed (see tests/faults/test_memory.py).
+            response.info["bookkeeping"] = json.dumps(
+                {
+                    "locks": len(self._locks),
+                    "monitors": len(self.monitors),
+                    "logDrops": len(self.log_drops),
+                    "cpuSamples": len(self.cpu_samples),
+                    "monitorDeaths": len(self._deaths),
+                    "tasks": len(self._tasks),
+                }
+            )
         return response
 
     # -- start and stop -------------------------------------------------------------

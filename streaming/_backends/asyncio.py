@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 from typing import Any
 
-
 #: A client that takes nothing of what is sent for this long is gone: a stuck
 #: kubectl must not hold a session (and the app's attach slot) for hours.
 WRITE_STALL_TIMEOUT = 30.0
