@@ -73,7 +73,11 @@ class Runtime:
             (self.containers_dir, 0o700),
         ):
             directory.mkdir(parents=True, exist_ok=True, mode=mode)
-            directory.chmod(mode)  # an older install made them 0711
+            if directory.stat().st_mode & 0o7777 != mode:  # an older install made 0711
+                try:
+                    directory.chmod(mode)
+                except OSError as exc:  # a read-only disk: serve it as it is
+                    log.warning("cannot make %s mode %o: %s", directory, mode, exc)
         self.runc_root = str(self.run_dir / "runc")
         self.store = Store(self.root / "state.db")
         self.image_store = ImageStore(self.root / "images")

@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import secrets
-import socket
 import subprocess
 import time
 from collections.abc import Iterable, Iterator
@@ -28,16 +27,15 @@ from typing import Any
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from cri.api import api_pb2
-from cri.network.netns import run_in_netns
 from tests.cri import conftest as cri_conftest
+from tests.cri import test_metrics
 from tests.cri.conftest import Daemon, image_archives
 
 __all__ = ["image_archives"]  # the session's test images, shared with tests/cri
 
-METRICS_PORT = 9464  # inside the test's own network namespace
+METRICS_PORT = test_metrics.PORT  # inside the test's own network namespace
 
 
 class FaultDaemon(Daemon):
@@ -122,25 +120,10 @@ class FaultDaemon(Daemon):
     def log_path(self, container_id: str) -> Path:
         return Path(self.status(container_id).log_path)
 
-    def scrape(self) -> dict[str, float]:
-        """``name{label="v",...}`` -> value from the metrics endpoint."""
-
-        def get() -> bytes:
-            with socket.create_connection(("127.0.0.1", METRICS_PORT), timeout=10) as sock:
-                sock.sendall(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-                data = b""
-                while chunk := sock.recv(65536):
-                    data += chunk
-            return data
-
-        raw = run_in_netns(self.netns, get)
-        _head, _, body = raw.partition(b"\r\n\r\n")
-        out: dict[str, float] = {}
-        for family in text_string_to_metric_families(body.decode()):
-            for sample in family.samples:
-                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-                out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-        return out
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample from the metrics endpoint (0 when there is none)."""
+        found = test_metrics.value(test_metrics.scrape(self), name, **labels)
+        return found if found is not None else 0.0
 
 
 def write_script(path: Path, text: str) -> Path:

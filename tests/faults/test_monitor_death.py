@@ -42,9 +42,8 @@ def _check_monitor_death(daemon: FaultDaemon, pod_id: str, containers: list[str]
         assert status.exit_code == 255
         assert "monitor" in status.message and "died" in status.message
     assert daemon.pod_status(pod_id).state == NOTREADY
-    metrics = daemon.scrape()
-    assert metrics['rktlet_monitors{state="failed"}'] == 1
-    assert metrics["rktlet_monitor_deaths_total"] >= 1
+    assert daemon.metric("rktlet_monitors", state="failed") == 1
+    assert daemon.metric("rktlet_monitor_deaths_total") >= 1
 
 
 @pytest.mark.timeout(120)

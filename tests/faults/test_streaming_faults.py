@@ -45,10 +45,6 @@ def _rss(pid: int) -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _metric(daemon: FaultDaemon, name: str, ctr: str) -> float:
-    return sum(v for k, v in daemon.scrape().items() if k.startswith(name) and ctr in k)
-
-
 @pytest.mark.timeout(180)
 def test_stuck_attach_client_stalls_nothing(fdaemon: FaultDaemon) -> None:
     # ~6 MB/s of numbered 1 KB lines: enough to fill every buffer on the way to the
@@ -79,7 +75,12 @@ def test_stuck_attach_client_stalls_nothing(fdaemon: FaultDaemon) -> None:
         # From here on the client reads nothing.
         daemon_rss = _rss(fdaemon.proc.pid) if fdaemon.proc else 0
         wait_for(
-            lambda: _metric(fdaemon, "rktlet_container_attach_overflow_disconnects", ctr) >= 1,
+            lambda: (
+                fdaemon.metric(
+                    "rktlet_container_attach_overflow_disconnects_total", container_id=ctr
+                )
+                >= 1
+            ),
             60,
             "the monitor to drop the stuck attacher",
         )
