@@ -83,25 +83,42 @@ def split_beneath(path: str) -> list[str]:
     return parts
 
 
-def open_beneath(root: str, path: str, flags: int, mode: int, dir_mode: int = 0o755) -> int:
+def open_beneath(
+    root: str, path: str, flags: int, mode: int, dir_mode: int = 0o755
+) -> tuple[int, list[str]]:
     """Open ``path`` (relative) beneath the directory ``root``; no symlink is followed.
 
     ``root`` itself is trusted (the kubelet made it; it is created if missing).
     A symlink at any component below it fails with ELOOP (or ENOTDIR); a missing
-    directory is created with ``dir_mode``.
+    directory is created with ``dir_mode``.  Returns the fd and what this call
+    created (with ``O_CREAT``: the file, then new directories), deepest first.
     """
     parts = split_beneath(path)
+    made: list[str] = []
+    missing = root
+    while missing and not os.path.isdir(missing):
+        made.append(missing)
+        missing = os.path.dirname(missing)
     os.makedirs(root, mode=dir_mode, exist_ok=True)
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    where = root
     try:
         for name in parts[:-1]:
+            where = os.path.join(where, name)
             try:
                 os.mkdir(name, dir_mode, dir_fd=fd)
+                made.insert(0, where)
             except FileExistsError:
                 pass
             next_fd = _open_one(fd, name, os.O_RDONLY | os.O_DIRECTORY, 0)
             os.close(fd)
             fd = next_fd
-        return _open_one(fd, parts[-1], flags, mode)
+        target = os.path.join(where, parts[-1])
+        if flags & os.O_CREAT:
+            try:
+                return _open_one(fd, parts[-1], flags | os.O_EXCL, mode), [target, *made]
+            except FileExistsError:
+                pass
+        return _open_one(fd, parts[-1], flags, mode), made
     finally:
         os.close(fd)

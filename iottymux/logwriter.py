@@ -42,9 +42,11 @@ DROP_ERRNOS = frozenset(
 )
 
 
-def open_log(path: str, root: str | None = None) -> int:
+def open_log(path: str, root: str | None = None) -> tuple[int, list[str]]:
     """Open (creating it and its directories) a CRI log file for appending.
 
+    Returns the fd and what this call created -- the file and its new parent
+    directories, deepest first -- so that a failed container can take them back.
     With ``root`` (the pod's log directory), ``path`` must lie beneath it and is
     opened without following any symlink below ``root``.
     """
@@ -55,11 +57,18 @@ def open_log(path: str, root: str | None = None) -> int:
         if not relative:
             raise OSError(errno.EINVAL, f"not beneath {root}", path)
         return open_beneath(root, relative, flags, LOG_FILE_MODE)
+    made: list[str] = []
     parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, mode=0o755, exist_ok=True)
-    fd = os.open(path, flags, LOG_FILE_MODE)
-    return fd
+    while parent and not os.path.isdir(parent):
+        made.append(parent)
+        parent = os.path.dirname(parent)
+    if made:
+        os.makedirs(made[0], mode=0o755, exist_ok=True)
+    try:
+        fd = os.open(path, flags | os.O_EXCL, LOG_FILE_MODE)
+    except FileExistsError:
+        return os.open(path, flags, LOG_FILE_MODE), made
+    return fd, [path, *made]
 
 
 class LogStats:
@@ -109,7 +118,7 @@ EpisodeHook = Callable[[bool], None]
 class LogFile:
     """An ``O_APPEND`` file written one batch at a time, dropping on failure."""
 
-    __slots__ = ("fd", "on_episode", "path", "root", "stats")
+    __slots__ = ("created", "fd", "on_episode", "path", "root", "stats")
 
     def __init__(
         self,
@@ -120,7 +129,7 @@ class LogFile:
     ) -> None:
         self.path = path
         self.root = root
-        self.fd = open_log(path, root)
+        self.fd, self.created = open_log(path, root)
         self.stats = stats
         self.on_episode = on_episode
 
@@ -219,7 +228,7 @@ class AppLog:
         return {**self.stats.as_dict(), "partial_splits": splits}
 
     def end_of_stream(self, stream: bytes) -> None:
-        """The stream hit EOF: write its unfinished line, if any, as ``F``."""
+        """The stream hit EOF: write its unfinished line, if any, as a last ``P``."""
         out, records = self.framers[stream].flush(self._clock.now())
         if records:
             self.file.write([out], len(out), records)
@@ -255,3 +264,19 @@ class AppLog:
             self._next.close()
             self._next = None
         self.file.close()
+
+    def discard(self) -> None:
+        """Close, and remove what opening the log created: the container never ran.
+
+        The kubelet counts a container's ``N.log`` files to derive restart counts, so
+        a failed create must leave none behind.  A file that was there before stays.
+        """
+        self.file.close()
+        for path in self.file.created:
+            try:
+                if path == self.file.path:
+                    os.unlink(path)
+                else:
+                    os.rmdir(path)
+            except OSError:
+                break  # something else put files there: leave it and its parents

@@ -25,7 +25,7 @@ def mode(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 def _append(root: Path, relative: str) -> None:
-    fd = open_log(str(root / relative), str(root))
+    fd, _made = open_log(str(root / relative), str(root))
     try:
         os.write(fd, b"line\n")
     finally:

@@ -42,6 +42,7 @@ __all__ = [
     "Runc",
     "RuncError",
     "RuncState",
+    "log_message",
     "process_spec_for_exec",
 ]
 
@@ -181,7 +182,7 @@ def exec_start_failure(message: str) -> int | None:
     return None
 
 
-def _log_message(log_text: str, stderr: bytes) -> str:
+def log_message(log_text: str, stderr: bytes) -> str:
     """runc's error from its JSON log (falling back to stderr)."""
     messages = []
     for line in log_text.splitlines():
@@ -299,7 +300,7 @@ class Runc:
                 os.unlink(path)
 
     def _error(self, argv: Sequence[str], code: int, log_text: str, stderr: bytes) -> RktletError:
-        message = _log_message(log_text, stderr)
+        message = log_message(log_text, stderr)
         verb = next((a for a in argv[len(self._global("x")) :] if not a.startswith("-")), "")
         cls = _classify(message)
         text = f"runc {verb}: {message}"
@@ -616,7 +617,7 @@ class Runc:
             return ExecResult(code, stdout, stderr, timed_out=timed_out, truncated=truncated)
         log_text = self._read_and_remove(log_path)
         if "runc" in status:
-            message = _log_message(log_text, stderr)
+            message = log_message(log_text, stderr)
             start_failure = exec_start_failure(message)
             if start_failure is not None:
                 # The command could not be started: an answer about the command (as a

@@ -77,7 +77,9 @@ def _check_secrets(daemon: Daemon) -> None:
         assert path.stat().st_mode & 0o077 == 0 or path.parent.stat().st_mode & 0o001 == 0, path
         denied = _as_nobody("cat", str(path))
         assert denied.returncode != 0 and "Permission denied" in denied.stderr, path
-    assert daemon.root.stat().st_mode & 0o777 == 0o700
+    # Crossable (user-namespaced pods reach their rootfs below it), not listable.
+    assert daemon.root.stat().st_mode & 0o777 == 0o711
+    assert (daemon.root / "containers").stat().st_mode & 0o777 == 0o700
     listing = _as_nobody("ls", str(daemon.root))
     assert listing.returncode != 0
     # Whatever nobody can find anywhere under the daemon's directories holds no secret.
