@@ -23,6 +23,8 @@ class Line:
     timestamp: bytes
     stream: str
     content: bytes
+    #: The stream ended without a newline after it (a last ``P`` record).
+    unterminated: bool = False
 
 
 def _check_timestamp(raw: bytes, where: str) -> None:
@@ -38,8 +40,12 @@ def _check_timestamp(raw: bytes, where: str) -> None:
             raise CriLogError(f"{where}: bad timestamp {raw!r}")
 
 
-def parse(data: bytes, name: str = "log") -> list[Line]:
-    """Whole lines (P pieces joined) of one CRI log file's bytes."""
+def parse(data: bytes, name: str = "log", *, last: bool = True) -> list[Line]:
+    """Whole lines (P pieces joined) of one CRI log file's bytes.
+
+    A line cut into ``P`` pieces must end (``F``) in the same file.  Only the last
+    file of a stream may end in ``P``: the app's last bytes, with no newline.
+    """
     if data and not data.endswith(b"\n"):
         raise CriLogError(f"{name}: ends in the middle of a record")
     lines: list[Line] = []
@@ -66,18 +72,25 @@ def parse(data: bytes, name: str = "log") -> list[Line]:
             lines.append(Line(timestamp, key, b"".join([*pieces, content])))
         else:
             raise CriLogError(f"{where}: bad tag {tags!r}")
-    if pending:
+    if pending and not last:
         # A line cut into P pieces must end (F) in the same file, never in the next.
         raise CriLogError(f"{name}: ends inside a line ({sorted(pending)} has P without F)")
+    for key, pieces in pending.items():
+        lines.append(Line(last_ts, key, b"".join(pieces), unterminated=True))
     return lines
 
 
 def read_lines(*paths: Path) -> list[Line]:
     """The lines of a log and its rotated predecessors, oldest file first."""
     out: list[Line] = []
-    for path in paths:
-        out.extend(parse(path.read_bytes(), str(path)))
+    for i, path in enumerate(paths):
+        out.extend(parse(path.read_bytes(), str(path), last=i == len(paths) - 1))
     return out
+
+
+def terminated(lines: list[Line]) -> list[bytes]:
+    """The contents of the lines the app ended with a newline."""
+    return [line.content for line in lines if not line.unterminated]
 
 
 def check_sequence(contents: list[bytes], prefix: bytes = b"") -> int:

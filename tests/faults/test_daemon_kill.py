@@ -102,7 +102,7 @@ class Lifecycle:
         status = self.d.status(self.ctr)
         assert status.state == api_pb2.ContainerState.CONTAINER_EXITED
         lines = crilog.read_lines(log_path)
-        crilog.check_sequence([line.content for line in lines])
+        crilog.check_sequence(crilog.terminated(lines))
         self.call(
             lambda: self.d.runtime.RemoveContainer(
                 api_pb2.RemoveContainerRequest(container_id=self.ctr)

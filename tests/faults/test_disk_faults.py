@@ -85,7 +85,7 @@ def test_log_dir_full_then_freed(fdaemon: FaultDaemon) -> None:
         (control / "stop").touch()
         fdaemon.wait_exited(ctr)
         last = int((control / "last").read_text())
-        numbers = [int(line.content) for line in crilog.read_lines(log_path)]
+        numbers = [int(line) for line in crilog.terminated(crilog.read_lines(log_path))]
         # Whole lines only, in order, none twice; what is missing is what was reported.
         assert numbers == sorted(set(numbers))
         assert numbers[-1] == last - 1
@@ -160,7 +160,7 @@ def test_state_dir_full(fdaemon: FaultDaemon) -> None:
         again, _ = fdaemon.run_pod("after-full")
         assert fdaemon.pod_status(again).state == api_pb2.PodSandboxState.SANDBOX_READY
         fdaemon.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=ctr, timeout=5))
-        crilog.check_sequence([line.content for line in crilog.read_lines(log_path)])
+        crilog.check_sequence(crilog.terminated(crilog.read_lines(log_path)))
         for pod in (pod_id, again):
             fdaemon.remove_pod(pod)
         assert_no_leaks(fdaemon, own_mounts=[root])
@@ -208,7 +208,7 @@ def test_state_dir_read_only(fdaemon: FaultDaemon) -> None:
         for p in fdaemon.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items
     ] == ["before-ro"]
     fdaemon.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=ctr, timeout=5))
-    crilog.check_sequence([line.content for line in crilog.read_lines(log_path)])
+    crilog.check_sequence(crilog.terminated(crilog.read_lines(log_path)))
     fdaemon.remove_pod(pod_id)
     assert_no_leaks(fdaemon)
     assert "Traceback" not in fdaemon.log_file.read_text()

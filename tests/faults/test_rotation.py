@@ -45,7 +45,8 @@ def test_rotation_storm_with_long_lines(fdaemon: FaultDaemon) -> None:
         assert log_path.exists(), "the new file must exist when the call returns"
         time.sleep(0.02)  # the storm's pace: 50 rotations a second
     fdaemon.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=ctr, timeout=5))
-    lines = crilog.read_lines(*rotated, log_path)
+    # The app is stopped mid-line: its last bytes end the last file, unterminated.
+    lines = [line for line in crilog.read_lines(*rotated, log_path) if not line.unterminated]
     bad = [
         (i, len(line.content), line.content[:12])
         for i, line in enumerate(lines)

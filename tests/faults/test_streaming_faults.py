@@ -102,7 +102,7 @@ def test_stuck_attach_client_stalls_nothing(fdaemon: FaultDaemon) -> None:
         print(f"the daemon dropped the stuck client {took:.0f} s after the app stopped")
     finally:
         sock.close()
-    numbers = [line.content.split(b" ", 1)[0] for line in crilog.read_lines(log_path)]
+    numbers = [line.split(b" ", 1)[0] for line in crilog.terminated(crilog.read_lines(log_path))]
     assert crilog.check_sequence(numbers) > 1000
     fdaemon.remove_pod(pod_id)
     assert_no_leaks(fdaemon)
