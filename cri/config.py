@@ -140,8 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cgroup-driver", choices=("cgroupfs", "systemd"))
     parser.add_argument(
         "--metrics-address",
-        metavar="HOST:PORT",
-        help="serve Prometheus metrics on HOST:PORT (default: off)",
+        metavar="HOST:PORT|unix:///PATH",
+        help="serve Prometheus metrics on HOST:PORT or a unix socket (default: off)",
     )
     return parser
 
@@ -178,7 +178,7 @@ def load(argv: list[str]) -> Config:
     for key in ("socket", "root", "run_dir"):
         if not Path(getattr(config, key)).is_absolute():
             raise InvalidArgument(f"{key}: must be an absolute path")
-    if config.metrics_address:
+    if config.metrics_address and not config.metrics_address.startswith("unix://"):
         _host, sep, port = config.metrics_address.rpartition(":")
         if not sep or not port.isdigit() or int(port) > 65535:
             raise InvalidArgument(f"metrics_address: {config.metrics_address!r} is not HOST:PORT")

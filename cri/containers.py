@@ -17,23 +17,33 @@ import posixpath
 import secrets
 import shutil
 import signal as signal_module
+import sqlite3
 from pathlib import Path
 from typing import Any
 
-from cri import validate
+from cri import faults, validate
 from cri.api import api_pb2
 from cri.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    Unavailable,
     Unimplemented,
 )
+from cri.monitors import MonitorConnection
 from cri.oci import spec as oci_spec
 from cri.oci import userns
 from cri.oci._securepath import resolve_in_root
 from cri.oci.image_config import ImageConfig
-from cri.runtime import CONTAINER_STATES, INFRA_APP, Runtime, labels_match
+from cri.runtime import (
+    CONTAINER_STATES,
+    INFRA_APP,
+    MONITOR_DIED,
+    Runtime,
+    labels_match,
+    write_private,
+)
 from cri.sandboxes import pod_userns
 from cri.store import ContainerRecord, SandboxRecord, now_ns
 
@@ -113,7 +123,7 @@ async def create(rt: Runtime, request: api_pb2.CreateContainerRequest) -> Any:
     )
     try:
         rt.store.add_container(record)
-    except Exception as exc:
+    except sqlite3.IntegrityError as exc:
         raise AlreadyExists(f"config.metadata: container {meta.name!r} exists") from exc
     try:
         async with rt.lock(container_id):
@@ -190,7 +200,7 @@ async def _create(
         ),
         warn=lambda message: log.warning("container %s: %s", record.id, message),
     )
-    (bundle / "config.json").write_text(json.dumps(spec))
+    write_private(bundle / "config.json", json.dumps(spec))
     record.info["stop_signal"] = image_config.stop_signal or "SIGTERM"
     tty = config.tty
     if tty:
@@ -204,6 +214,7 @@ async def _create(
     fields: dict[str, Any] = dict(modes)
     if record.log_path:
         fields["log_path"] = record.log_path
+        fields["log_root"] = os.path.normpath(sandbox_config.log_directory)
     oci = {
         "runtime": rt.config.handler_binary(sandbox.runtime_handler),
         "root": rt.runc_root,
@@ -216,6 +227,7 @@ async def _create(
     )
     record.info["pid"] = created.get("pid", 0)
     record.info["user"] = _initial_user(record.info["pid"], record.id, spec["process"]["user"])
+    faults.point("CreateContainer:added")
     record.state = "created"
     rt.store.update_container(record)
 
@@ -288,11 +300,19 @@ async def rollback_container(rt: Runtime, record: ContainerRecord) -> None:
             await connection.request("signal", app=record.id, signal="KILL")
         with contextlib.suppress(Exception):
             await connection.request("remove", app=record.id)
+    await _remove_leftovers(rt, record)
     with contextlib.suppress(Exception):
         await asyncio.to_thread(rt.rootfs.remove, record.id)
     shutil.rmtree(rt.bundle_dir(record.id), ignore_errors=True)
     rt.store.delete_container(record.id)
-    rt.forget_lock(record.id)
+    rt.forget_container(record.id)
+
+
+async def _remove_leftovers(rt: Runtime, record: ContainerRecord) -> None:
+    """What no monitor removed: runc's container, its processes and cgroups."""
+    sandbox = rt.store.get_sandbox(record.sandbox_id)
+    if sandbox is not None:
+        await rt.remove_leftovers(sandbox, record.id, record.info.get("cgroups_path", ""))
 
 
 # -- Start / Stop / Remove ---------------------------------------------------------------
@@ -309,6 +329,7 @@ async def start(rt: Runtime, request: api_pb2.StartContainerRequest) -> Any:
         connection = rt.monitor(record.sandbox_id)
         reply = await connection.request("start", app=record.id)
         started_at = int(reply.get("started_at") or now_ns())
+        faults.point("StartContainer:started")
         fresh = rt.store.get_container(record.id) or record
         if fresh.state == "created":  # the exit event may already have landed
             fresh.state = "running"
@@ -350,10 +371,33 @@ async def stop(rt: Runtime, request: api_pb2.StopContainerRequest) -> Any:
 
 
 async def stop_record(rt: Runtime, record: ContainerRecord, *, timeout: float) -> None:
-    """Stop signal, then SIGKILL after ``timeout`` seconds; returns once it has exited."""
+    """Stop signal, then SIGKILL after ``timeout`` seconds; returns once it has exited.
+
+    Without a monitor (it died, before or during the stop) the container is
+    ended by :meth:`Runtime.monitor_died`, which records why.
+    """
     if record.state == "exited":
         return
-    connection = rt.monitor(record.sandbox_id)
+    connection = await rt.monitor_or_cleanup(record.sandbox_id)
+    try:
+        if connection is not None:
+            await _stop_through(rt, connection, record, timeout)
+            return
+    except Unavailable:
+        if await rt.monitor_or_cleanup(record.sandbox_id) is not None:
+            raise
+    fresh = rt.store.get_container(record.id)
+    if fresh is not None and fresh.state != "exited":
+        await _remove_leftovers(rt, fresh)
+        rt.record_exit(
+            fresh, {"exit_code": 255, "reason": MONITOR_DIED, "message": "its monitor is gone"}
+        )
+    _finish(rt, record, {})
+
+
+async def _stop_through(
+    rt: Runtime, connection: MonitorConnection, record: ContainerRecord, timeout: float
+) -> None:
     if record.state == "created":
         # Never started: kill the waiting init and record the exit.
         with contextlib.suppress(Exception):
@@ -362,6 +406,7 @@ async def stop_record(rt: Runtime, record: ContainerRecord, *, timeout: float) -
         signum = _signal_number(record.info.get("stop_signal", "SIGTERM"))
         with contextlib.suppress(FailedPrecondition):
             await connection.request("signal", app=record.id, signal=signum)
+        faults.point("StopContainer:signalled")
         try:
             status = await connection.request("wait", app=record.id, timeout=timeout)
             _finish(rt, record, status)
@@ -396,21 +441,25 @@ async def remove(rt: Runtime, request: api_pb2.RemoveContainerRequest) -> Any:
         if fresh.state in ("running", "created"):
             await stop_record(rt, fresh, timeout=0)
         await remove_record(rt, fresh)
-    rt.forget_lock(record.id)
+    rt.forget_lock(record.id)  # again: a waiter may have made it anew
     return api_pb2.RemoveContainerResponse()
 
 
 async def remove_record(rt: Runtime, record: ContainerRecord) -> None:
-    connection = rt.monitors.get(record.sandbox_id)
-    if connection is not None and not connection.closed:
+    connection = await rt.monitor_or_cleanup(record.sandbox_id)
+    if connection is not None:
         try:
             await connection.request("remove", app=record.id)
         except NotFound:
             pass
+    else:
+        await _remove_leftovers(rt, record)
+    faults.point("RemoveContainer:removed-from-monitor")
     with contextlib.suppress(FileNotFoundError):
         await asyncio.to_thread(rt.rootfs.remove, record.id)
     shutil.rmtree(rt.bundle_dir(record.id), ignore_errors=True)
     rt.store.delete_container(record.id)
+    rt.forget_container(record.id)
     rt.publish(record, api_pb2.ContainerEventType.CONTAINER_DELETED_EVENT)
 
 
@@ -431,7 +480,7 @@ def container_status_proto(rt: Runtime, record: ContainerRecord) -> api_pb2.Cont
         image_ref=record.image_ref,
         image_id=record.image_id,
         reason=record.reason if record.state == "exited" else "",
-        message=record.message,
+        message="; ".join(m for m in (record.message, rt.log_drop_message(record.id)) if m),
         labels=config.labels,
         annotations=config.annotations,
         mounts=config.mounts,

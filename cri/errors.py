@@ -9,6 +9,7 @@ that a kubelet or crictl user can tell what to fix.
 
 from __future__ import annotations
 
+import errno
 import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, TypeVar
@@ -94,10 +95,37 @@ def to_grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     so that the report is useful without exposing a traceback to the client.
     """
     if isinstance(exc, RktletError):
-        return exc.grpc_code, exc.message
+        return exc.grpc_code, bounded_message(exc.message)
+    node = node_condition(exc)
+    if node is not None:
+        return node.grpc_code, bounded_message(node.message)
     if isinstance(exc, NotImplementedError):
-        return grpc.StatusCode.UNIMPLEMENTED, str(exc) or "not implemented"
-    return grpc.StatusCode.UNKNOWN, f"{type(exc).__name__}: {exc}"
+        return grpc.StatusCode.UNIMPLEMENTED, bounded_message(str(exc) or "not implemented")
+    return grpc.StatusCode.UNKNOWN, bounded_message(f"{type(exc).__name__}: {exc}")
+
+
+def node_condition(exc: BaseException) -> RktletError | None:
+    """A full or read-only disk under the daemon: the node's condition, not a bug.
+
+    The kubelet retries UNAVAILABLE and RESOURCE_EXHAUSTED; the message says what to fix.
+    """
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ResourceExhausted(f"no space left on device: {exc.filename or exc}")
+    if isinstance(exc, OSError) and exc.errno == errno.EROFS:
+        return Unavailable(f"read-only file system: {exc.filename or exc}")
+    return None
+
+
+#: Status messages travel in HTTP/2 headers; clients refuse headers over 8 KiB
+#: (and report RESOURCE_EXHAUSTED instead of the real error).
+MAX_MESSAGE = 2048
+
+
+def bounded_message(message: str) -> str:
+    """``message``, cut to :data:`MAX_MESSAGE` characters if a client echoed something big."""
+    if len(message) <= MAX_MESSAGE:
+        return message
+    return f"{message[: MAX_MESSAGE - 40]}... ({len(message) - MAX_MESSAGE + 40} more characters)"
 
 
 _Servicer = TypeVar("_Servicer")

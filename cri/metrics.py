@@ -18,6 +18,8 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import os
+import socketserver
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +31,7 @@ from prometheus_client import (
     Counter,
     GCCollector,
     Histogram,
+    MetricsHandler,
     PlatformCollector,
     ProcessCollector,
     start_http_server,
@@ -67,6 +70,12 @@ IMAGE_PULL_DURATION = Histogram(
 IMAGE_PULL_BYTES = Counter(
     "rktlet_image_pull_bytes",
     "Size of the images returned by successful PullImage calls.",
+    registry=REGISTRY,
+)
+
+MONITOR_DEATHS = Counter(
+    "rktlet_monitor_deaths",
+    "Pod monitors that died without being asked to (kill, OOM kill, crash).",
     registry=REGISTRY,
 )
 
@@ -196,6 +205,10 @@ class MonitorCollector(Collector):
             *(one(pod_id, m) for pod_id, m in monitors), return_exceptions=True
         )
         snapshot = Snapshot(taken=time.monotonic())
+        # Pods whose monitor died and that the kubelet has not removed yet.
+        snapshot.monitors_failed = sum(
+            1 for sandbox in rt.store.list_sandboxes() if sandbox.info.get("monitor_lost")
+        )
         for result in results:
             if isinstance(result, BaseException):
                 log.debug("metrics: a monitor's status failed: %r", result)
@@ -249,12 +262,20 @@ class MonitorCollector(Collector):
         yield attachers
         monitors = GaugeMetricFamily(
             "rktlet_monitors",
-            "Pod monitors, by whether the last status request worked.",
+            "Pod monitors: up (answering), failed (dead, or not answering a status request).",
             labels=("state",),
         )
         monitors.add_metric(["up"], snapshot.monitors_up)
         monitors.add_metric(["failed"], snapshot.monitors_failed)
         yield monitors
+
+
+#: ``metrics_address`` may name a unix socket instead of HOST:PORT.
+UNIX_PREFIX = "unix://"
+
+
+class _UnixMetricsServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
 
 
 def parse_address(address: str, field_name: str = "metrics_address") -> tuple[str, int]:
@@ -265,10 +286,21 @@ def parse_address(address: str, field_name: str = "metrics_address") -> tuple[st
 
 
 class MetricsServer:
-    """The HTTP endpoint (prometheus_client's server, in its own thread)."""
+    """The HTTP endpoint (prometheus_client's server, in its own thread).
+
+    The metrics name pods and containers and need no credentials: bind them to
+    127.0.0.1, or to a unix socket (``unix:///run/rktlet/metrics.sock``, mode
+    0660) that only root and the socket's group can reach.
+    """
 
     def __init__(self, runtime: Runtime, address: str) -> None:
-        self.host, self.port = parse_address(address)
+        self.socket_path = address[len(UNIX_PREFIX) :] if address.startswith(UNIX_PREFIX) else ""
+        if self.socket_path:
+            if not self.socket_path.startswith("/"):
+                raise InvalidArgument(f"metrics_address: {address!r}: the path must be absolute")
+            self.host, self.port = "", 0
+        else:
+            self.host, self.port = parse_address(address)
         self.runtime = runtime
         self.collector: MonitorCollector | None = None
         self._server: Any = None
@@ -276,12 +308,29 @@ class MetricsServer:
 
     @property
     def address(self) -> str:
+        if self.socket_path:
+            return UNIX_PREFIX + self.socket_path
         return f"{self.host}:{self.port}"
+
+    def _serve_unix(self) -> tuple[Any, threading.Thread]:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)
+        old_umask = os.umask(0o117)  # 0660 from the first instant
+        try:
+            server = _UnixMetricsServer(self.socket_path, MetricsHandler.factory(REGISTRY))
+        finally:
+            os.umask(old_umask)
+        thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+        thread.start()
+        return server, thread
 
     def start(self) -> None:
         self.collector = MonitorCollector(self.runtime, asyncio.get_running_loop())
         REGISTRY.register(self.collector)
         try:
+            if self.socket_path:
+                self._server, self._thread = self._serve_unix()
+                return
             self._server, self._thread = start_http_server(
                 self.port, addr=self.host, registry=REGISTRY
             )
@@ -300,6 +349,9 @@ class MetricsServer:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+            if self.socket_path:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.socket_path)
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None

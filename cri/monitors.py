@@ -13,6 +13,9 @@ import contextlib
 import json
 import logging
 import os
+import select
+import socket
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -43,16 +46,37 @@ class MonitorError(RktletError):
 
 
 EventHandler = Callable[[dict[str, Any]], Awaitable[None]]
+LostHandler = Callable[["MonitorConnection"], None]
 
 
 class MonitorConnection:
-    """Requests to one monitor, answered in any order, plus its event stream."""
+    """Requests to one monitor, answered in any order, plus its event stream.
 
-    def __init__(self, sandbox_id: str, run_dir: str, on_event: EventHandler) -> None:
+    The connection also watches the monitor process itself: a pidfd of the
+    socket's peer (the monitor is double-forked, so not the daemon's child, but
+    a pidfd works on any pid) sits in the event loop as a reader and becomes
+    readable the moment the monitor exits, however it died.  ``on_lost`` is
+    called once, when the monitor exits or the connection ends without
+    :meth:`close` having been called.
+    """
+
+    def __init__(
+        self,
+        sandbox_id: str,
+        run_dir: str,
+        on_event: EventHandler,
+        on_lost: LostHandler | None = None,
+    ) -> None:
         self.sandbox_id = sandbox_id
         self.run_dir = run_dir
         self.control_path = os.path.join(run_dir, "control.sock")
         self._on_event = on_event
+        self._on_lost = on_lost
+        #: The monitor's pid, from the socket's peer credentials.
+        self.pid = 0
+        self._pidfd = -1
+        #: Set once the monitor process is known to have exited.
+        self.exited = asyncio.Event()
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
@@ -70,11 +94,61 @@ class MonitorConnection:
             )
         finally:
             os.close(dir_fd)
+        self._watch_peer()
         self._task = asyncio.create_task(self._read_loop(), name=f"monitor-{self.sandbox_id}")
         await self.request("subscribe")
 
+    def _watch_peer(self) -> None:
+        assert self._writer is not None
+        sock: socket.socket | None = self._writer.get_extra_info("socket")
+        if sock is None:
+            return
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        self.pid = struct.unpack("3i", creds)[0]
+        try:
+            self._pidfd = os.pidfd_open(self.pid)
+        except OSError as exc:
+            # Gone already (the read loop will see EOF), or no pidfd on this kernel.
+            log.debug("pod %s: no pidfd for monitor %d: %s", self.sandbox_id, self.pid, exc)
+            return
+        asyncio.get_running_loop().add_reader(self._pidfd, self._peer_exited)
+
+    def _unwatch_peer(self) -> None:
+        if self._pidfd >= 0:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+    def _peer_exited(self) -> None:
+        self._unwatch_peer()
+        self.exited.set()
+        self._lost()
+
+    def _lost(self) -> None:
+        if self.closed and self._on_lost is None:
+            return
+        handler, self._on_lost = self._on_lost, None
+        self.closed = True
+        if handler is not None:
+            handler(self)
+
+    def monitor_alive(self) -> bool:
+        """Whether the monitor process still runs (False once it has exited)."""
+        if self.exited.is_set():
+            return False
+        if self._pidfd >= 0:
+            return not select.select([self._pidfd], [], [], 0)[0]
+        return self.pid > 0 and os.path.exists(f"/proc/{self.pid}")
+
+    def retire(self) -> None:
+        """The daemon is about to end this monitor on purpose: its exit is no loss."""
+        self._on_lost = None
+
     async def close(self) -> None:
         self.closed = True
+        self._on_lost = None
+        self._unwatch_peer()
         if self._writer is not None:
             self._writer.close()
             with contextlib.suppress(Exception):
@@ -122,6 +196,8 @@ class MonitorConnection:
                 if "event" in message:
                     try:
                         await self._on_event(message)
+                    except RktletError as exc:  # e.g. a read-only state disk
+                        log.warning("pod %s: cannot record an event: %s", self.sandbox_id, exc)
                     except Exception:
                         log.exception("pod %s: handling monitor event failed", self.sandbox_id)
                     continue
@@ -131,10 +207,10 @@ class MonitorConnection:
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
             pass
         finally:
-            self.closed = True
             for future in self._pending.values():
                 if not future.done():
                     future.set_exception(ConnectionError("monitor closed the connection"))
+            self._lost()
 
 
 async def start_monitor(run_dir: str, sandbox_id: str = "") -> int:

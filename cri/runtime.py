@@ -14,11 +14,13 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cri import cgroups
+from cri import cgroups, metrics, orphans, validate
 from cri.api import api_pb2
 from cri.config import Config, images_document
 from cri.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
@@ -32,6 +34,7 @@ from cri.monitors import MonitorConnection
 from cri.network.cni import CNINetwork
 from cri.oci.exec_helper import ExecHelper
 from cri.oci.features import HandlerFeatures, detect_features
+from cri.oci.runc import Runc
 from cri.store import ContainerRecord, SandboxRecord, Store
 
 log = logging.getLogger("rktlet.runtime")
@@ -43,6 +46,9 @@ RUNTIME_VERSION = "0.1.0"
 
 #: The app name of a pod's infra (pause) container inside its monitor.
 INFRA_APP = "infra"
+
+#: ContainerStatus.reason of a container ended because its pod's monitor died.
+MONITOR_DIED = "MonitorDied"
 
 CONTAINER_STATES = {
     "creating": api_pb2.ContainerState.CONTAINER_UNKNOWN,
@@ -57,8 +63,23 @@ class Runtime:
         self.config = config
         self.root = Path(config.root)
         self.run_dir = Path(config.run_dir)
-        for directory in (self.root, self.run_dir, self.pods_dir, self.containers_dir):
-            directory.mkdir(parents=True, exist_ok=True, mode=0o711)
+        # The root and the run dir are crossed, never listed, by others: a user
+        # namespace's root (nobody on the host) must reach its rootfs below the
+        # root, and rktlet.sock (0660) is for the CRI group.  What holds container
+        # environments is the owner's alone: the bundles' directory (0700, each
+        # config.json 0600) and state.db with its WAL files (0600).
+        for directory, mode in (
+            (self.root, 0o711),
+            (self.run_dir, 0o711),
+            (self.pods_dir, 0o700),
+            (self.containers_dir, 0o700),
+        ):
+            directory.mkdir(parents=True, exist_ok=True, mode=mode)
+            if directory.stat().st_mode & 0o7777 != mode:  # an older install made 0711
+                try:
+                    directory.chmod(mode)
+                except OSError as exc:  # a read-only disk: serve it as it is
+                    log.warning("cannot make %s mode %o: %s", directory, mode, exc)
         self.runc_root = str(self.run_dir / "runc")
         self.store = Store(self.root / "state.db")
         self.image_store = ImageStore(self.root / "images")
@@ -88,6 +109,10 @@ class Runtime:
         self._tasks: set[asyncio.Task[Any]] = set()
         #: Per-object locks so that two RPCs on one pod or container serialise.
         self._locks: dict[str, asyncio.Lock] = {}
+        #: Log drops reported by monitors, by container (see note_log_stats).
+        self.log_drops: dict[str, dict[str, Any]] = {}
+        #: Monitor deaths being handled, by pod (several RPCs may notice one death).
+        self._deaths: dict[str, asyncio.Task[None]] = {}
         self.streaming: Any = None
         #: Runs every exec (ExecSync and streaming) without an interpreter start each.
         self.exec_helper = ExecHelper(str(self.run_dir / "exec-helper.sock"))
@@ -134,6 +159,14 @@ class Runtime:
     def forget_lock(self, key: str) -> None:
         self._locks.pop(key, None)
 
+    def forget_container(self, container_id: str) -> None:
+        """Drop everything kept in memory about a removed container (or pod)."""
+        self._locks.pop(container_id, None)
+        self.log_drops.pop(container_id, None)
+        # CPU samples are kept by cgroup directory, which ends in the object's id.
+        for directory in [d for d in self.cpu_samples if d.endswith(container_id)]:
+            del self.cpu_samples[directory]
+
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
@@ -171,14 +204,173 @@ class Runtime:
         async def on_event(event: dict[str, Any]) -> None:
             await self.on_monitor_event(sandbox_id, event)
 
-        connection = MonitorConnection(sandbox_id, self.pod_run_dir(sandbox_id), on_event)
+        connection = MonitorConnection(
+            sandbox_id, self.pod_run_dir(sandbox_id), on_event, self._on_monitor_lost
+        )
         await connection.connect()
         self.monitors[sandbox_id] = connection
         return connection
 
+    async def retire_monitor(self, sandbox_id: str) -> MonitorConnection | None:
+        """Take a pod's connection out of service before the daemon ends its monitor on purpose."""
+        connection = self.monitors.pop(sandbox_id, None)
+        if connection is not None:
+            connection.retire()
+        return connection
+
+    # -- a monitor that died -------------------------------------------------------
+
+    def _on_monitor_lost(self, connection: MonitorConnection) -> None:
+        if self.monitors.get(connection.sandbox_id) is not connection:
+            return  # replaced or retired: not ours to mourn
+        self.spawn(self._confirm_lost(connection), f"monitor-lost-{connection.sandbox_id[:12]}")
+
+    async def _confirm_lost(self, connection: MonitorConnection) -> None:
+        sandbox_id = connection.sandbox_id
+        # A monitor's sockets close before its pidfd turns readable; give it a moment.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(connection.exited.wait(), 2.0)
+        if connection.monitor_alive():
+            log.warning("pod %s: lost the connection to a live monitor; reconnecting", sandbox_id)
+            self.monitors.pop(sandbox_id, None)
+            try:
+                await self.connect_monitor(sandbox_id)
+                return
+            except Exception as exc:
+                log.warning("pod %s: monitor %d unreachable: %s", sandbox_id, connection.pid, exc)
+                return  # Stop/Remove will end it (see monitor_or_cleanup)
+        await self.monitor_died(sandbox_id, connection.pid)
+
+    async def monitor_or_cleanup(self, sandbox_id: str) -> MonitorConnection | None:
+        """The pod's live monitor, or None once its loss has been handled.
+
+        Stop and Remove call this: they must succeed without a monitor.  A
+        monitor that still runs but cannot be reached (wedged, stopped) is
+        killed first -- the pod's logs and attach are dead with it anyway.
+        """
+        connection = self.monitors.get(sandbox_id)
+        if connection is not None and not connection.closed:
+            return connection
+        record = self.store.get_sandbox(sandbox_id)
+        if record is None or _death_handled(record):
+            return None
+        if record.info.get("monitor_lost"):  # being handled now, or cut short by a restart
+            await self.monitor_died(sandbox_id, int(record.info["monitor_lost"].get("pid", 0)))
+            return None
+        if os.path.exists(os.path.join(self.pod_run_dir(sandbox_id), "control.sock")):
+            try:
+                return await self.connect_monitor(sandbox_id)
+            except Exception as exc:
+                log.warning("pod %s: cannot reach its monitor: %s", sandbox_id, exc)
+        pid = self._monitor_pid(record)
+        if pid and _kill_pid(pid, self.pod_run_dir(sandbox_id)):
+            log.warning("pod %s: killed its unreachable monitor (pid %d)", sandbox_id, pid)
+        await self.monitor_died(sandbox_id, pid)
+        return None
+
+    def _monitor_pid(self, record: SandboxRecord) -> int:
+        state = _read_monitor_state(self.pod_run_dir(record.id))
+        pid = state.get("monitor", {}).get("pid") if state else None
+        return int(pid or record.info.get("monitor_pid") or 0)
+
+    async def monitor_died(self, sandbox_id: str, pid: int = 0) -> None:
+        """Record a monitor's death once, however it was noticed; callers share the work."""
+        task = self._deaths.get(sandbox_id)
+        if task is None:
+            task = self.spawn(
+                self._handle_death(sandbox_id, pid), f"monitor-died-{sandbox_id[:12]}"
+            )
+            self._deaths[sandbox_id] = task
+            task.add_done_callback(lambda _t: self._deaths.pop(sandbox_id, None))
+        await asyncio.shield(task)
+
+    async def _handle_death(self, sandbox_id: str, pid: int) -> None:
+        """Nothing of a pod may run without its monitor: end it all, say why, keep the record.
+
+        An app whose monitor died has lost its stdout/stderr reader (its writes
+        now fail with EPIPE or SIGPIPE), its log, attach and reaper; leaving it
+        running would report a container whose output silently vanishes.  So
+        every container still running is killed and reported EXITED with the
+        reason ``MonitorDied``; one whose exit the monitor had already recorded
+        in its state file keeps its real exit code.
+        """
+        record = self.store.get_sandbox(sandbox_id)
+        connection = self.monitors.pop(sandbox_id, None)
+        if connection is not None:
+            await connection.close()
+        if record is None or _death_handled(record) or record.state == "creating":
+            return  # a pod being created is unwound by RunPodSandbox or by recovery
+        metrics.MONITOR_DEATHS.inc()
+        log.warning(
+            "pod %s: its monitor (pid %d) died; ending the pod's containers", sandbox_id, pid
+        )
+        # Before any event, so that watchers see the pod down first; "handled" is
+        # set last, and a daemon killed before that handles the death again on restart.
+        record.info["monitor_lost"] = {"pid": pid, "at": time.time_ns(), "handled": False}
+        if record.state == "ready":
+            record.state = "notready"
+        self.store.update_sandbox(record)
+        state = _read_monitor_state(self.pod_run_dir(sandbox_id)) or {}
+        apps = state.get("apps") or {}
+        runc = self.runc_for(record)
+        message = (
+            f"the pod's monitor (pid {pid}) died; the container's output could no longer "
+            "be logged, so it was killed"
+        )
+        for container in self.store.list_containers(sandbox_id):
+            if container.state not in ("created", "running"):
+                continue  # "creating": its CreateContainer (or recovery) rolls it back
+            await orphans.remove_container(
+                runc,
+                container.id,
+                self._cgroup_of(container.info),
+                self.cgroup_layout,
+                orphaned=True,
+            )
+            app = apps.get(container.id) or {}
+            if app.get("state") == "exited":
+                self.record_exit(container, app)
+            else:
+                self.record_exit(
+                    container,
+                    {"exit_code": 255, "reason": MONITOR_DIED, "message": message},
+                )
+        await orphans.remove_container(
+            runc, sandbox_id, self._cgroup_of(record.info), self.cgroup_layout, orphaned=True
+        )
+        record = self.store.get_sandbox(sandbox_id) or record
+        record.info["monitor_lost"]["handled"] = True
+        self.store.update_sandbox(record)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.pod_run_dir(sandbox_id), "control.sock"))
+
+    def _cgroup_of(self, info: Mapping[str, Any]) -> str:
+        path = str(info.get("cgroups_path") or "")
+        return self.cgroup_dir(path) if path else ""
+
+    def runc_for(self, sandbox: SandboxRecord) -> Runc:
+        return Runc(self.runc_root, binary=self.config.handler_binary(sandbox.runtime_handler))
+
+    async def remove_leftovers(
+        self, sandbox: SandboxRecord, object_id: str, cgroup_path: str
+    ) -> None:
+        """Kill and delete a container (or the pod's infra) that no monitor will."""
+        cgroup = self.cgroup_dir(cgroup_path) if cgroup_path else ""
+        connection = self.monitors.get(sandbox.id)
+        await orphans.remove_container(
+            self.runc_for(sandbox),
+            object_id,
+            cgroup,
+            self.cgroup_layout,
+            orphaned=connection is None or connection.closed,
+        )
+
     # -- events from monitors -----------------------------------------------------
 
     async def on_monitor_event(self, sandbox_id: str, event: dict[str, Any]) -> None:
+        if event.get("event") == "log":
+            self.note_log_stats(str(event.get("app", "")), event, announce=True)
+            return
         if event.get("event") != "exited":
             return
         app = str(event.get("app", ""))
@@ -188,6 +380,40 @@ class Runtime:
         if record is None or record.state == "exited":
             return
         self.record_exit(record, event)
+
+    def note_log_stats(self, container_id: str, stats: Mapping[str, Any], announce: bool) -> None:
+        """Remember a container's log drops (for ContainerStatus); warn once per episode."""
+        if not container_id or (not stats.get("dropped_lines") and not stats.get("dropping")):
+            return
+        self.log_drops[container_id] = {
+            key: stats.get(key)
+            for key in ("dropped_lines", "dropped_bytes", "last_error", "dropping")
+        }
+        if not announce:
+            return
+        if stats.get("dropping"):
+            log.warning(
+                "container %s: cannot write its log (%s); output is dropped until it can",
+                container_id,
+                stats.get("last_error") or "write failed",
+            )
+        else:
+            log.warning(
+                "container %s: log writes work again; %s lines (%s bytes) were dropped",
+                container_id,
+                stats.get("dropped_lines"),
+                stats.get("dropped_bytes"),
+            )
+
+    def log_drop_message(self, container_id: str) -> str:
+        """ContainerStatus words for a container whose log lost output, else ''."""
+        drops = self.log_drops.get(container_id)
+        if not drops:
+            return ""
+        text = f"log: {drops['dropped_lines']} lines ({drops['dropped_bytes']} bytes) dropped"
+        if drops.get("dropping"):
+            text += f", still dropping ({drops.get('last_error') or 'write failed'})"
+        return text
 
     def record_exit(self, record: ContainerRecord, status: dict[str, Any]) -> None:
         """A container's process has ended: persist how, then tell subscribers."""
@@ -202,8 +428,8 @@ class Runtime:
                 oom = cgroups.oom_killed(self.cgroup_dir(cgroup_path), self.cgroup_layout)
         if oom:
             record.reason = "OOMKilled"
-        elif status.get("reason") == "StartError":
-            record.reason = "StartError"
+        elif status.get("reason") in ("StartError", MONITOR_DIED):
+            record.reason = str(status["reason"])
         else:
             record.reason = "Completed" if record.exit_code == 0 else "Error"
         record.message = str(status.get("message") or "")
@@ -308,6 +534,18 @@ class Runtime:
                     "cniConfDir": self.config.cni_conf_dir,
                 }
             )
+            # What the daemon keeps in memory per pod and container: it must
+            # shrink back when they are removed (see tests/faults/test_memory.py).
+            response.info["bookkeeping"] = json.dumps(
+                {
+                    "locks": len(self._locks),
+                    "monitors": len(self.monitors),
+                    "logDrops": len(self.log_drops),
+                    "cpuSamples": len(self.cpu_samples),
+                    "monitorDeaths": len(self._deaths),
+                    "tasks": len(self._tasks),
+                }
+            )
             # Why a handler lacks a feature ("" where it has it).
             response.info["featuresMissing"] = json.dumps(missing, sort_keys=True)
         return response
@@ -323,24 +561,26 @@ class Runtime:
                 log.info("rolling back pod %s, left half-created", sandbox.id)
                 await rollback_half_created(self, sandbox)
                 continue
-            if not os.path.exists(os.path.join(self.pod_run_dir(sandbox.id), "control.sock")):
-                await self._monitor_lost(sandbox)
-                continue
-            try:
-                connection = await self.connect_monitor(sandbox.id)
-                apps = (await connection.request("status"))["apps"]
-            except Exception as exc:
-                log.warning("pod %s: cannot reach its monitor: %s", sandbox.id, exc)
-                await self._monitor_lost(sandbox)
-                continue
-            by_name = {app["app"]: app for app in apps}
+            apps: dict[str, Any] | None = None
+            if not _death_handled(sandbox):
+                try:
+                    connection = await self.monitor_or_cleanup(sandbox.id)
+                    if connection is not None:
+                        reply = await connection.request("status", timeout=30)
+                        apps = {app["app"]: app for app in reply["apps"]}
+                except Exception as exc:
+                    log.warning("pod %s: cannot reach its monitor: %s", sandbox.id, exc)
             for record in self.store.list_containers(sandbox.id):
-                app = by_name.get(record.id)
                 if record.state == "creating":
                     from cri.containers import rollback_container
 
                     await rollback_container(self, record)
                     continue
+                if apps is None:
+                    continue
+                app = apps.get(record.id)
+                if app is not None and isinstance(app.get("log"), dict):
+                    self.note_log_stats(record.id, app["log"], announce=False)
                 if app is None:
                     if record.state in ("created", "running"):
                         self.record_exit(record, {"exit_code": 255, "message": "lost"})
@@ -353,19 +593,6 @@ class Runtime:
                     self.store.update_container(record)
         with contextlib.suppress(Exception):
             self.rootfs.cleanup_orphans()
-
-    async def _monitor_lost(self, sandbox: SandboxRecord) -> None:
-        """The pod's monitor is gone (node reboot, killed): nothing of it runs."""
-        for record in self.store.list_containers(sandbox.id):
-            if record.state in ("created", "running", "creating"):
-                record.state = "exited"
-                record.exit_code = 255
-                record.reason = "Error"
-                record.message = "the pod's monitor is gone; the container is not running"
-                self.store.update_container(record)
-        if sandbox.state == "ready":
-            sandbox.state = "notready"
-            self.store.update_sandbox(sandbox)
 
     async def close(self) -> None:
         """Stop serving; pods and their monitors go on running."""
@@ -381,6 +608,41 @@ class Runtime:
         self.store.close()
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write a file only root may read (a bundle's config.json carries the environment)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _death_handled(record: SandboxRecord) -> bool:
+    lost = record.info.get("monitor_lost")
+    return isinstance(lost, dict) and bool(lost.get("handled"))
+
+
+def _read_monitor_state(run_dir: str) -> dict[str, Any] | None:
+    from iottymux.state import read_state
+
+    try:
+        return read_state(os.path.join(run_dir, "state.json"))
+    except (OSError, ValueError):
+        return None
+
+
+def _kill_pid(pid: int, run_dir: str) -> bool:
+    """SIGKILL the monitor ``pid`` if it is still the one serving ``run_dir``."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except OSError:
+        return False
+    if run_dir.encode() not in cmdline:
+        return False  # the pid was reused by something else
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    return True
+
+
 def _lookup(
     key: str,
     field: str,
@@ -388,8 +650,7 @@ def _lookup(
     get: Callable[[str], _R | None],
     find: Callable[[str], list[_R]],
 ) -> _R:
-    if not key:
-        raise InvalidArgument(f"{field}: must not be empty")
+    validate.required_id(key, field)  # the same rule for every RPC that takes an id
     record = get(key)
     if record is None:
         matches = find(key)

@@ -21,12 +21,12 @@ import os
 import secrets
 import shutil
 import socket
+import sqlite3
 import stat
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
-from cri import cgroups, validate
+from cri import cgroups, faults, validate
 from cri.api import api_pb2
 from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from cri.monitors import start_monitor
@@ -35,7 +35,7 @@ from cri.oci import spec as oci_spec
 from cri.oci import userns
 from cri.oci.host import detect_host
 from cri.oci.resources import linux_resources
-from cri.runtime import INFRA_APP, Runtime, labels_match
+from cri.runtime import INFRA_APP, Runtime, labels_match, write_private
 from cri.store import SandboxRecord, now_ns
 
 log = logging.getLogger("rktlet.sandboxes")
@@ -108,7 +108,7 @@ async def run(rt: Runtime, request: api_pb2.RunPodSandboxRequest) -> Any:
         record.info["userns_path"] = str(rt.userns_pin(sandbox_id))
     try:
         rt.store.add_sandbox(record)
-    except Exception as exc:  # the unique index: a concurrent RunPodSandbox won
+    except sqlite3.IntegrityError as exc:  # the unique index: a concurrent RunPodSandbox won
         raise AlreadyExists(f"config.metadata: pod {meta.namespace}/{meta.name} exists") from exc
     undo: list[Undo] = []
     async with rt.lock(sandbox_id):
@@ -195,11 +195,11 @@ async def _create(
     async def stop_monitor() -> None:
         with contextlib.suppress(BaseException):
             await monitor_start
-        connection = rt.monitors.pop(sandbox_id, None)
+        connection = await rt.retire_monitor(sandbox_id)
         if connection is None and os.path.exists(os.path.join(run_dir, "control.sock")):
             with contextlib.suppress(Exception):
-                connection = await rt.connect_monitor(sandbox_id)
-                rt.monitors.pop(sandbox_id, None)
+                await rt.connect_monitor(sandbox_id)
+                connection = await rt.retire_monitor(sandbox_id)
         if connection is not None:
             with contextlib.suppress(Exception):
                 await connection.request("shutdown", timeout=30)
@@ -269,6 +269,7 @@ async def _create(
     # The monitor: one per pod, detached; it outlives this daemon.
     record.info["monitor_pid"] = await monitor_start
     connection = await rt.connect_monitor(sandbox_id)
+    faults.point("RunPodSandbox:monitor-started")
 
     # The infra container holds the pod's namespaces.
     bundle = state_dir / "infra"
@@ -288,17 +289,13 @@ async def _create(
         ),
         warn=lambda message: log.warning("pod %s: %s", sandbox_id, message),
     )
-    (bundle / "config.json").write_text(json.dumps(spec))
+    write_private(bundle / "config.json", json.dumps(spec))
     oci = {
         "runtime": rt.config.handler_binary(record.runtime_handler),
         "root": rt.runc_root,
         "bundle": str(bundle),
         "id": sandbox_id,
     }
-    created = await connection.request(
-        "add", app=INFRA_APP, oci=oci, stdin="null", stdout="null", stderr="null"
-    )
-    record.info["infra_pid"] = created.get("pid", 0)
 
     async def drop_infra() -> None:
         with contextlib.suppress(Exception):
@@ -306,8 +303,15 @@ async def _create(
             await connection.request("wait", app=INFRA_APP, timeout=30)
         with contextlib.suppress(Exception):
             await connection.request("remove", app=INFRA_APP)
+        # The monitor may have died mid-create: runc's container is ours to end then.
+        await rt.remove_leftovers(record, sandbox_id, cgroups_path)
 
     undo.append(drop_infra)
+    created = await connection.request(
+        "add", app=INFRA_APP, oci=oci, stdin="null", stdout="null", stderr="null"
+    )
+    record.info["infra_pid"] = created.get("pid", 0)
+    faults.point("RunPodSandbox:infra-created")
     await connection.request("start", app=INFRA_APP)
     record.state = "ready"
     rt.store.update_sandbox(record)
@@ -344,7 +348,7 @@ async def remove(rt: Runtime, request: api_pb2.RemovePodSandboxRequest) -> Any:
         record = rt.store.get_sandbox(record.id) or record
         await _teardown(rt, record, remove=True)
         rt.store.delete_sandbox(record.id)
-    rt.forget_lock(record.id)
+    rt.forget_container(record.id)
     return api_pb2.RemovePodSandboxResponse()
 
 
@@ -356,11 +360,9 @@ async def _teardown(rt: Runtime, record: SandboxRecord, *, remove: bool) -> None
             await stop_record(rt, container, timeout=0)
         if remove:
             await remove_record(rt, container)
-    connection = rt.monitors.get(record.id)
-    if connection is None and Path(rt.pod_run_dir(record.id), "control.sock").exists():
-        with contextlib.suppress(Exception):
-            connection = await rt.connect_monitor(record.id)
-    if connection is not None and not connection.closed:
+    faults.point("StopPodSandbox:containers-stopped" if not remove else "RemovePodSandbox:mid")
+    connection = await rt.monitor_or_cleanup(record.id)
+    if connection is not None:
         with contextlib.suppress(Exception):
             await connection.request("signal", app=INFRA_APP, signal="KILL")
         with contextlib.suppress(Exception):
@@ -388,11 +390,15 @@ async def _teardown(rt: Runtime, record: SandboxRecord, *, remove: bool) -> None
         if connection is not None and not connection.closed:
             with contextlib.suppress(Exception):
                 await connection.request("remove", app=INFRA_APP)
+            await rt.retire_monitor(record.id)
             with contextlib.suppress(Exception):
                 await connection.request("shutdown", timeout=30)
+            faults.point("RemovePodSandbox:monitor-shut-down")
         if connection is not None:
             await connection.close()
         rt.monitors.pop(record.id, None)
+        # Whatever the monitor did not end (it died, or a step failed) ends here.
+        await rt.remove_leftovers(record, record.id, record.info.get("cgroups_path", ""))
         shutil.rmtree(rt.pod_run_dir(record.id), ignore_errors=True)
         shutil.rmtree(rt.pod_state_dir(record.id), ignore_errors=True)
     else:

@@ -47,7 +47,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
 
         metrics = MetricsServer(runtime, config.metrics_address)
         metrics.start()
-        log.info("metrics on http://%s/metrics", metrics.address)
+        log.info("metrics on %s (/metrics)", metrics.address)
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE),

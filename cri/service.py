@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 
 import grpc
 
-from cri import containers, execs, metrics, pod_metrics, sandboxes, stats
+from cri import containers, execs, faults, metrics, pod_metrics, sandboxes, stats
 from cri.api import api_pb2, api_pb2_grpc
-from cri.errors import to_grpc_status
+from cri.errors import RktletError, node_condition, to_grpc_status
 from cri.images.service import ImageService
 from cri.runtime import RUNTIME_NAME, RUNTIME_VERSION, Runtime
 
@@ -64,9 +64,12 @@ def _wrap_unary(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
                 name,
                 code.name,
                 message,
-                exc_info=code == grpc.StatusCode.UNKNOWN,
+                # A domain error's message says it all; a traceback is for bugs.
+                exc_info=not isinstance(exc, RktletError) and node_condition(exc) is None,
             )
             await context.abort(code, message)
+        if faults.ACTIVE:
+            faults.point(f"{name}:after")
         elapsed = _observe(name, self, response, "OK", started)
         log.debug("%s ok in %.1f ms", name, elapsed * 1000)
         return response

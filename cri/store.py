@@ -16,15 +16,19 @@ Container states (CRI's, plus ``creating``)::
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from cri.errors import ResourceExhausted, Unavailable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sandboxes (
@@ -107,15 +111,11 @@ class Store:
     """A SQLite database in WAL mode; safe to call from the event loop's thread."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = path
         self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(SCHEMA)
+        self._db, self.read_only = open_database(path, ("synchronous=FULL",), SCHEMA)
+        self._db.row_factory = sqlite3.Row
 
     def close(self) -> None:
         self._db.close()
@@ -123,13 +123,31 @@ class Store:
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-            except BaseException:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    with suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                raise self._write_error(exc) from exc
+
+    def _write_error(self, exc: sqlite3.OperationalError) -> Exception:
+        """A failed write as the node condition it is (full, read-only, failing disk)."""
+        with suppress(sqlite3.Error):
+            if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        text = str(exc)
+        if "full" in text:
+            return ResourceExhausted(f"no space left on device for {self.path}")
+        if _read_only(self.path.parent) or "readonly" in text:
+            return Unavailable(f"read-only file system: {self.path} cannot be written")
+        if "I/O" in text:
+            return Unavailable(f"{self.path} cannot be written: {text}")
+        return exc
 
     # -- sandboxes ---------------------------------------------------------------
 
@@ -287,6 +305,61 @@ class Store:
     def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
             return list(self._db.execute(sql, args).fetchall())
+
+
+def open_database(
+    path: Path, pragmas: Sequence[str], schema: str, timeout: float = 5.0
+) -> tuple[sqlite3.Connection, bool]:
+    """A WAL-mode SQLite database, mode 0600; and whether it is open read-only.
+
+    On a read-only disk an existing database is still opened, for reading: the
+    daemon serves what it has recorded, and every write fails with UNAVAILABLE
+    until a daemon starts on a writable disk.
+    """
+
+    def connect(uri: str) -> sqlite3.Connection:
+        return sqlite3.connect(
+            uri, uri=True, isolation_level=None, check_same_thread=False, timeout=timeout
+        )
+
+    try:
+        _private(path)
+        db = connect(f"file:{path}")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA foreign_keys=ON")
+        for pragma in pragmas:
+            db.execute(f"PRAGMA {pragma}")
+        db.executescript(schema)
+        return db, False
+    except (sqlite3.OperationalError, OSError):
+        if not path.exists() or not _read_only(path.parent):
+            raise
+    # immutable: reading a WAL database otherwise needs a writable -shm file.
+    return connect(f"file:{path}?immutable=1"), True
+
+
+def _private(path: Path) -> None:
+    """The database holds container environments (secrets): owner-only, 0600.
+
+    SQLite gives its -wal and -shm files the mode of the main file, so creating
+    that one 0600 (and mending an older one) covers all three.
+    """
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    for suffix in ("", "-wal", "-shm"):
+        with suppress(FileNotFoundError):
+            os.chmod(f"{path}{suffix}", 0o600)
+
+
+def _read_only(directory: Path) -> bool:
+    """Whether writes under ``directory`` fail with EROFS (a mount flag, or a disk
+    the kernel took read-only after an error, which statvfs does not show)."""
+    probe = directory / f".write-probe-{os.getpid()}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    except OSError as exc:
+        return exc.errno == errno.EROFS
+    os.unlink(probe)
+    return False
 
 
 def _like_prefix(prefix: str) -> str:

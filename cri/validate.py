@@ -53,6 +53,8 @@ def relative_log_path(value: str, field: str) -> str:
         return value
     if value.startswith("/") or "\0" in value or len(value) > MAX_PATH:
         raise InvalidArgument(f"{field}: {value[:80]!r} must be a relative path")
+    if value.endswith("/"):
+        raise InvalidArgument(f"{field}: {value[:80]!r} names a directory, not a file")
     parts = value.split("/")
     if any(part in ("..", ".") for part in parts):
         raise InvalidArgument(f"{field}: {value[:80]!r} may not contain '.' or '..'")

@@ -237,7 +237,16 @@ class LineFramer:
     framing does not depend on how the app's writes were cut into reads.
     """
 
-    __slots__ = ("_full", "_partial", "_pending", "crlf", "max_line_size", "splits", "stream")
+    __slots__ = (
+        "_full",
+        "_partial",
+        "_pending",
+        "crlf",
+        "in_line",
+        "max_line_size",
+        "splits",
+        "stream",
+    )
 
     def __init__(
         self, stream: bytes, max_line_size: int = DEFAULT_MAX_LINE_SIZE, *, crlf: bool = False
@@ -251,6 +260,8 @@ class LineFramer:
         self.crlf = crlf
         #: ``P`` records written because a line was longer than ``max_line_size``.
         self.splits = 0
+        #: ``P`` pieces of the held line are written; its ``F`` is still to come.
+        self.in_line = False
         self._pending = b""
         self._full = b" " + stream + b" F "
         self._partial = b" " + stream + b" P "
@@ -289,6 +300,7 @@ class LineFramer:
             or self._maybe_long_line(data, first, last)
         ):
             return self._feed_slow(pending, data, first, last, timestamp)
+        self.in_line = False  # the held line ends here; the new tail fits (no P yet)
         prefix = timestamp + self._full
         replaced = data.replace(b"\n", b"\n" + prefix)
         count = (len(replaced) - len(data)) // len(prefix)
@@ -337,6 +349,7 @@ class LineFramer:
         limit = self.max_line_size
         if len(body) <= limit:
             return tail, 0
+        self.in_line = True
         count = self._cut(body, timestamp, parts)
         rest = body[(len(body) - 1) // limit * limit :]
         return (rest + b"\r" if held_cr else rest), count
@@ -356,6 +369,7 @@ class LineFramer:
                 count += self._cut(line, timestamp, parts)
                 line = line[(len(line) - 1) // limit * limit :]
             parts += (full, line, b"\n")
+        self.in_line = False
         self._pending, held = self._hold_tail(data[last + 1 :], timestamp, parts)
         return parts, sum(map(len, parts)), count + held
 
@@ -382,6 +396,7 @@ class LineFramer:
         wrote; an ``F`` would make them add a newline it never wrote.  containerd
         and conmon do the same.
         """
+        self.in_line = False
         if not self._pending:
             return b"", 0
         tail, self._pending = self._pending, b""

@@ -126,6 +126,8 @@ class App:
         }
         self.tty = "tty" in self.modes.values()
         self.log_path: str | None = spec.get("log_path")
+        #: The directory the log path must stay beneath (no symlink followed below it).
+        self.log_root: str | None = spec.get("log_root")
         self.max_line_size: int = spec.get("max_line_size", DEFAULT_MAX_LINE_SIZE)
         self.stdin_once: bool = spec.get("stdin_once", False)
         self.attach_queue_size: int = spec.get("attach_queue_size", DEFAULT_QUEUE_SIZE)
@@ -157,6 +159,8 @@ class App:
         self._child_fds: list[int] = []
         #: Control connections waiting for this app's exit, with request ids.
         self.waiters: list[tuple[ControlConnection, Any]] = []
+        #: Told when log writes start failing and when they work again.
+        self.on_episode: Callable[[bool], None] | None = None
 
     # -- stdio -----------------------------------------------------------
 
@@ -165,7 +169,13 @@ class App:
         try:
             logs = any(self.modes[s] in ("log", "stream", "tty") for s in ("stdout", "stderr"))
             if logs and self.log_path:
-                self.log = AppLog(self.log_path, self.max_line_size, tty=self.tty)
+                self.log = AppLog(
+                    self.log_path,
+                    self.max_line_size,
+                    tty=self.tty,
+                    on_episode=self.on_episode,
+                    root=self.log_root,
+                )
             if self.tty and self.oci is not None:
                 # The runtime makes the pty; its master arrives on this socket.
                 self.console = listen_unix(self.console_path, mode=0o600)
@@ -469,6 +479,16 @@ class Monitor:
         app.waiters.clear()
         self._broadcast(event)
 
+    def _log_episode(self, app: App, dropping: bool) -> None:
+        """Log writes of ``app`` started failing, or work again: say so once, not per drop."""
+        assert app.log is not None
+        stats = app.log.stats
+        if dropping:
+            self._log(f"{app.name}: cannot write its log ({stats.last_error}); dropping output")
+        else:
+            self._log(f"{app.name}: log writes work again; {stats.dropped_lines} lines dropped")
+        self._broadcast({"event": "log", "app": app.name, **stats.as_dict()})
+
     # -- outputs -------------------------------------------------------------
 
     def _watch_outputs(self, app: App) -> None:
@@ -646,6 +666,7 @@ class Monitor:
         if name in self.apps:
             raise ControlError("AlreadyExists", f"app {name!r} already exists")
         app = App(name, spec)
+        app.on_episode = functools.partial(self._log_episode, app)
         if app.oci is not None and app.tty:
             # Short, because the runtime dials it by path (sun_path limit).
             self._console_seq += 1
@@ -749,7 +770,7 @@ class Monitor:
     ) -> None:
         """Answer a request whose runtime command failed, with the runtime's own words."""
         assert app.oci is not None
-        reason = app.oci.last_error(log_mark) or f"{app.oci.runtime} {verb} exited with {status}"
+        reason = app.oci.last_error(log_mark) or f"{app.oci.runtime} {verb} {_ended(status)}"
         if pending is not None:
             error = {"code": "Internal", "message": f"cannot {verb} container: {reason}"}
             self._reply(pending[0], pending[1], {"ok": False, "error": error})
@@ -841,10 +862,12 @@ class Monitor:
             raise ControlError("FailedPrecondition", f"app {app.name!r} is not running")
         if app.log is None:
             raise ControlError("FailedPrecondition", f"app {app.name!r} has no log file")
-        # What the app wrote before this request belongs to the old file.
+        # What the app wrote before this request belongs to the old file: one read
+        # of what is in each pipe now (a writer that never stops would keep a full
+        # drain going, and the reply waiting, for as long as it writes).
         for output in list(app.outputs):
             if output.logged and not output.eof:
-                self._drain(app, output)
+                self._read_once(app, output)
         try:
             app.log.reopen()
         except OSError as exc:
@@ -963,6 +986,13 @@ class Monitor:
             self._log(f"cannot write {self.state_path}: {exc}")
 
 
+def _ended(status: int) -> str:
+    """How a child ended, from its wait status, in words."""
+    if os.WIFSIGNALED(status):
+        return f"was killed by signal {os.WTERMSIG(status)}"
+    return f"exited with {os.WEXITSTATUS(status)}"
+
+
 def _note_signal(signum: int, frame: object) -> None:
     """Signals are handled from the wake-up pipe; the handler only has to exist."""
 
@@ -1046,8 +1076,18 @@ def validate_add(msg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     if log_path is not None:
         if not isinstance(log_path, str) or not log_path.startswith("/") or "\0" in log_path:
             raise invalid("log_path: must be an absolute path")
+        if log_path.endswith("/"):
+            raise invalid("log_path: names a directory, not a file")
         spec["log_path"] = os.path.normpath(log_path)
-    elif any(spec[f] == "log" for f in ("stdout", "stderr")):
+    log_root = msg.get("log_root")
+    if log_root is not None:
+        if not isinstance(log_root, str) or not log_root.startswith("/") or "\0" in log_root:
+            raise invalid("log_root: must be an absolute path")
+        log_root = os.path.normpath(log_root)
+        if not spec.get("log_path", "").startswith(log_root.rstrip("/") + "/"):
+            raise invalid("log_path: must lie beneath log_root")
+        spec["log_root"] = log_root
+    if log_path is None and any(spec[f] == "log" for f in ("stdout", "stderr")):
         raise invalid("log_path: required when a stream's mode is 'log'")
     max_line = msg.get("max_line_size", DEFAULT_MAX_LINE_SIZE)
     if isinstance(max_line, bool) or not isinstance(max_line, int) or not 1 <= max_line <= 1 << 24:

@@ -44,6 +44,7 @@ from typing import IO
 from cri.errors import FailedPrecondition, InvalidArgument, NotFound
 from cri.images.reference import Reference, is_image_id, parse_digest, parse_reference
 from cri.images.unpack import unpack_layer
+from cri.store import open_database
 
 __all__ = [
     "DigestMismatch",
@@ -202,14 +203,9 @@ class ImageStore:
         self.ingest_dir.mkdir(parents=True, exist_ok=True)
         self.layers_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(
-            self.root / "images.db", check_same_thread=False, isolation_level=None, timeout=30
+        self._db, self.read_only = open_database(
+            self.root / "images.db", ("synchronous=NORMAL",), _SCHEMA, timeout=30
         )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        with self._lock:
-            self._db.executescript(_SCHEMA)
         self._leases: Counter[str] = Counter()
         self._layer_locks: dict[str, threading.Lock] = {}
 

@@ -386,6 +386,10 @@ class CNINetwork:
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
+            # The caller gave up (the kubelet's deadline, say): a plugin still running
+            # is killed, as containerd's go-cni does when its context ends, and _add
+            # DELs the plugins that ran -- a hung plugin must not hold the pod.
+            task.cancel()
             undo = asyncio.ensure_future(self._undo_after_cancel(task, inv))
             self._background.add(undo)
             undo.add_done_callback(self._background.discard)

@@ -64,6 +64,10 @@ class ExecHelper:
             self._proc.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(timeout=5)
+        if self._proc is not None:
+            # The helper dies by the signal, without removing its socket.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.socket_path)
         self._proc = None
 
     async def submit(

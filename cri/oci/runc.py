@@ -166,6 +166,22 @@ def _classify(message: str) -> type[RktletError]:
     return RuncError
 
 
+def exec_start_failure(message: str) -> int | None:
+    """126 or 127 when runc says the exec'd command itself could not be started.
+
+    The shell's convention, which Docker and the kubelet's users expect: 127 for a
+    command that is not there, 126 for one that is there but cannot be run.
+    """
+    text = message.lower()
+    if "unable to start container process" not in text and "exec failed" not in text:
+        return None
+    if "executable file not found" in text or "no such file or directory" in text:
+        return 127
+    if any(s in text for s in ("permission denied", "exec format error", "is a directory")):
+        return 126
+    return None
+
+
 def log_message(log_text: str, stderr: bytes) -> str:
     """runc's error from its JSON log (falling back to stderr)."""
     messages = []
@@ -601,6 +617,13 @@ class Runc:
             return ExecResult(code, stdout, stderr, timed_out=timed_out, truncated=truncated)
         log_text = self._read_and_remove(log_path)
         if "runc" in status:
+            message = log_message(log_text, stderr)
+            start_failure = exec_start_failure(message)
+            if start_failure is not None:
+                # The command could not be started: an answer about the command (as a
+                # shell gives), not an error of the runtime.
+                stderr = message.encode() + b"\n"
+                return ExecResult(start_failure, stdout, stderr, timed_out=timed_out)
             raise self._error(argv, int(status["runc"]), log_text, stderr)
         detail = status.get("error") or no_report
         raise RuncError(f"runc exec: {detail}", command=argv)
