@@ -53,9 +53,10 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import IO, Final
 
+from iottymux.logblocks import full_prefix_end, run_end, strip_run
 from iottymux.logformat import (
     STREAMS,
     TIMESTAMP_WIDTH,
@@ -73,6 +74,7 @@ __all__ = [
     "Inotify",
     "InotifyEvent",
     "LineDecoder",
+    "LineRun",
     "LogLine",
     "LogReadError",
     "LogSource",
@@ -87,7 +89,9 @@ __all__ = [
     "classify_segment",
     "fixed_timestamp",
     "list_segments",
+    "expand_runs",
     "merge_lines",
+    "merge_runs",
     "parse_time_arg",
     "read_lines",
     "read_log_file",
@@ -382,6 +386,41 @@ class LogLine:
         return self.ns if self.ns >= 0 else parse_timestamp(self.timestamp)
 
 
+@dataclass(slots=True)
+class LineRun:
+    """Consecutive logical lines of one source that share stream and timestamp.
+
+    ``data`` is the lines' content, each followed by ``\\n``; ``count`` is how many.
+    ``complete`` is False only for a single line whose ``F`` never came (a stream
+    that ended on a ``P`` piece): its ``\\n`` in ``data`` is ours, not the app's.
+    ``ns`` is the parsed timestamp when the decoder was asked for it, else -1.
+    """
+
+    timestamp: bytes
+    stream: bytes
+    data: bytes
+    count: int
+    complete: bool = True
+    source: SourceInfo | None = None
+    ns: int = -1
+
+    @property
+    def time_ns(self) -> int:
+        return self.ns if self.ns >= 0 else parse_timestamp(self.timestamp)
+
+    @classmethod
+    def of(cls, line: LogLine) -> LineRun:
+        return cls(
+            line.timestamp,
+            line.stream,
+            line.content + b"\n",
+            1,
+            line.complete,
+            line.source,
+            line.ns,
+        )
+
+
 class PartialMerger:
     """Glues ``P`` pieces to their ``F``, one buffer per stream."""
 
@@ -445,7 +484,9 @@ class Block:
     counts the lines before an offset, for error messages only.  ``check_until``
     asks the decoder to test each record against ``until`` (segments that could
     not be binary-searched).  ``first_of_restart`` starts another container
-    instance's file, where no partial line can continue.
+    instance's file, where no partial line can continue.  ``stop`` ends the block
+    inside ``data`` (-1: at its end); what follows belongs to the next block, so a
+    read need not be copied to cut it at its last newline.
     """
 
     data: bytes
@@ -455,17 +496,34 @@ class Block:
     count_lines: Callable[[int], int] | None = None
     check_until: bool = False
     first_of_restart: bool = False
+    stop: int = -1
+
+    @property
+    def end(self) -> int:
+        return len(self.data) if self.stop < 0 else self.stop
 
 
 class LineDecoder:
     """Blocks of records → logical lines, with stream, since and until filters.
 
     Malformed lines go to ``on_error`` with their file and line number and are
-    skipped.  ``since_ns`` is tested per line only until one line passes (files are
+    skipped.  ``since_ns`` is tested per run only until one run passes (files are
     in time order); ``until_ns`` only for blocks marked ``check_until``.  With
-    ``parse_times`` every line's timestamp is parsed (``LogLine.ns``), which merging
+    ``parse_times`` every line's timestamp is parsed (``LineRun.ns``), which merging
     several sources needs; an unparsable one is then reported as malformed.
+
+    :meth:`feed_runs` is the decoder: runs of whole ``F`` records sharing a prefix
+    (:mod:`iottymux.logblocks`) become one :class:`LineRun` each with bytes operations
+    over the run; ``P`` pieces, the first ``F`` after a stream's pieces, and anything
+    odd go through :class:`PartialMerger` record by record.  :meth:`feed` is the same
+    output one :class:`LogLine` per line.
     """
+
+    #: After this many one-line runs in a row (a writer that stamps every line,
+    #: like containerd), stretches of the block are decoded record by record.
+    SHORT_RUNS: Final = 8
+    #: Bytes decoded record by record before runs are tried again.
+    RECORD_STRETCH: Final = 32 << 10
 
     def __init__(
         self,
@@ -488,54 +546,160 @@ class LineDecoder:
         self.merger = PartialMerger(source)
         self.done = False
         self._times = TimestampParser()
+        self._short = 0
 
     @property
     def idle(self) -> bool:
-        """No partial line held and no since filter pending: blocks may bypass decoding."""
+        """No partial line held and no since filter pending."""
         return not self.merger.pending and self.since_ns is None and not self.done
 
     def feed(self, block: Block) -> list[LogLine]:
-        out: list[LogLine] = []
+        return expand_runs(self.feed_runs(block))
+
+    def feed_runs(self, block: Block) -> list[LineRun]:
+        out: list[LineRun] = []
         if self.done:
             return out
-        lines = block.data.split(b"\n")
-        if block.data.endswith(b"\n"):
+        data = block.data
+        n = block.end
+        if n and data[n - 1] != 0x0A:
+            # A torn last record (or a writer's last P at EOF): one record, alone.
+            last = data.rfind(b"\n", 0, n) + 1
+            if last:
+                out = self.feed_runs(replace(block, stop=last))
+            if not self.done:
+                self._records(block, last, n, out)
+            return out
+        find = data.find
+        pending = self.merger._pending if self.merge_partials else {}
+        until = self.until_ns if block.check_until else None
+        want_time = self.parse_times or until is not None or self.since_ns is not None
+        streams = self.streams
+        pos = 0
+        while pos < n:
+            line_end = find(b"\n", pos, n) + 1
+            ends = full_prefix_end(data, pos, line_end)
+            # The first F after a stream's P pieces finishes their line: a record's job.
+            if ends is None or data[ends[0] + 1 : ends[0] + 7] in pending:
+                self._records(block, pos, line_end, out)
+                pos = line_end
+                continue
+            ts_end, cut = ends
+            prefix = data[pos:cut]
+            end = run_end(data, pos, line_end, prefix, n)
+            stripped = strip_run(data, pos, end, prefix)
+            if stripped is None:
+                self._records(block, pos, end, out)
+                pos = end
+                continue
+            ns = -1
+            timestamp = prefix[: ts_end - pos]
+            if want_time:
+                try:
+                    ns = self._times.parse(timestamp)
+                except LogFormatError:
+                    self._records(block, pos, end, out)
+                    pos = end
+                    continue
+                if until is not None and ns > until:
+                    self.done = True
+                    return out
+            content, count = stripped
+            pos = end
+            if count == 1:
+                self._short += 1
+                if self._short >= self.SHORT_RUNS:
+                    stretch = find(b"\n", min(n - 1, pos + self.RECORD_STRETCH), n) + 1
+                    self._short = self.SHORT_RUNS // 2
+                    emitted = self._emit_run(timestamp, prefix, content, count, ns, streams)
+                    if emitted is not None:
+                        out.append(emitted)
+                    self._records(block, pos, stretch, out)
+                    pos = stretch
+                    if self.done:
+                        return out
+                    continue
+            else:
+                self._short = 0
+            emitted = self._emit_run(timestamp, prefix, content, count, ns, streams)
+            if emitted is not None:
+                out.append(emitted)
+        return out
+
+    def _emit_run(
+        self,
+        timestamp: bytes,
+        prefix: bytes,
+        content: bytes,
+        count: int,
+        ns: int,
+        streams: frozenset[bytes],
+    ) -> LineRun | None:
+        stream = prefix[len(timestamp) + 1 : len(timestamp) + 7]
+        if stream not in streams:
+            return None
+        if self.since_ns is not None:
+            if ns < self.since_ns:
+                return None
+            self.since_ns = None
+        return LineRun(timestamp, stream, content, count, True, self.source, ns)
+
+    def _records(self, block: Block, start: int, stop: int, out: list[LineRun]) -> None:
+        """Decode ``block.data[start:stop]`` record by record (whole lines)."""
+        if self.done or start >= stop:
+            return
+        data = block.data
+        lines = data[start:stop].split(b"\n")
+        if data[stop - 1 : stop] == b"\n":
             lines.pop()
         streams = self.streams
         merger = self.merger if self.merge_partials else None
         until = self.until_ns if block.check_until else None
         want_time = self.parse_times or until is not None or self.since_ns is not None
         source = self.source
-        for index, raw in enumerate(lines):
+        offset = start
+        for raw in lines:
+            line_start = offset
+            offset += len(raw) + 1
             try:
                 record = parse_record(raw)
                 ns = self._times.parse(record.timestamp) if want_time else -1
             except LogFormatError as exc:
-                self._malformed(block, lines, index, str(exc))
+                self._malformed(block, line_start, raw, str(exc))
                 continue
             if until is not None and ns > until:
                 self.done = True
-                break
+                return
             if record.stream not in streams:
                 continue
             if merger is not None:
                 line = merger.feed(record)
                 if line is None:
                     continue
+                run = LineRun(
+                    line.timestamp, line.stream, line.content + b"\n", 1, line.complete, source
+                )
             else:
-                line = LogLine(
-                    record.timestamp, record.stream, record.content, not record.partial, source
+                run = LineRun(
+                    record.timestamp,
+                    record.stream,
+                    record.content + b"\n",
+                    1,
+                    not record.partial,
+                    source,
                 )
             if want_time:
-                line.ns = ns
+                run.ns = ns
             if self.since_ns is not None:
                 if ns < self.since_ns:
                     continue
                 self.since_ns = None
-            out.append(line)
-        return out
+            out.append(run)
 
     def finish(self) -> list[LogLine]:
+        return expand_runs(self.finish_runs())
+
+    def finish_runs(self) -> list[LineRun]:
         """End of input: unfinished lines come out incomplete (the kubelet emits them too)."""
         lines = self.merger.flush()
         if self.done:
@@ -543,25 +707,41 @@ class LineDecoder:
         kept = []
         for line in lines:
             try:
-                line.ns = self._times.parse(line.timestamp)
+                ns = self._times.parse(line.timestamp)
             except LogFormatError:
                 continue
-            if self.since_ns is not None and line.ns < self.since_ns:
+            if self.since_ns is not None and ns < self.since_ns:
                 continue
-            kept.append(line)
+            kept.append(
+                LineRun(
+                    line.timestamp, line.stream, line.content + b"\n", 1, False, self.source, ns
+                )
+            )
         return kept
 
-    def _malformed(self, block: Block, lines: list[bytes], index: int, reason: str) -> None:
+    def _malformed(self, block: Block, offset: int, raw: bytes, reason: str) -> None:
         if block.lineno is not None:
-            lineno: int | None = block.lineno + index
+            lineno: int | None = block.lineno + block.data.count(b"\n", 0, offset)
         elif block.count_lines is not None:
-            offset = block.offset + sum(len(line) + 1 for line in lines[:index])
-            lineno = block.count_lines(offset) + 1
+            lineno = block.count_lines(block.offset + offset) + 1
         else:
             lineno = None
-        raw = lines[index]
         shown = raw[:60] + (b"..." if len(raw) > 60 else b"")
         self.on_error(MalformedLine(block.path, lineno, f"{reason}: {shown!r}, skipped"))
+
+
+def expand_runs(runs: Iterable[LineRun]) -> list[LogLine]:
+    """One :class:`LogLine` per line of ``runs``."""
+    out: list[LogLine] = []
+    for run in runs:
+        if run.count == 1:
+            out.append(
+                LogLine(run.timestamp, run.stream, run.data[:-1], run.complete, run.source, run.ns)
+            )
+            continue
+        for content in run.data[:-1].split(b"\n"):
+            out.append(LogLine(run.timestamp, run.stream, content, True, run.source, run.ns))
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -571,9 +751,10 @@ class LineDecoder:
 class _PlainFile:
     """A read-only descriptor whose reads are counted in a :class:`ReadStats`."""
 
-    __slots__ = ("dev", "fd", "ino", "path", "stats")
+    __slots__ = ("_counted", "dev", "fd", "ino", "path", "stats")
 
     def __init__(self, path: str, stats: ReadStats) -> None:
+        self._counted = (0, 0)
         self.path = path
         self.stats = stats
         self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -600,15 +781,21 @@ class _PlainFile:
             self.fd = -1
 
     def count_lines(self, offset: int) -> int:
-        """Newlines before ``offset``; only for error messages, so its reads are not hidden."""
-        count = 0
-        pos = 0
+        """Newlines before ``offset``; only for error messages, so its reads are not hidden.
+
+        Remembers where it got to: errors come in file order, so the file is read
+        about once however many there are.
+        """
+        pos, count = self._counted
+        if offset < pos:
+            pos, count = 0, 0
         while pos < offset:
             data = self.pread(min(FORWARD_BLOCK, offset - pos), pos)
             if not data:
                 break
             count += data.count(b"\n")
             pos += len(data)
+        self._counted = (pos, count)
         return count
 
 
@@ -631,28 +818,32 @@ class _CountingReader:
 
 def _forward_blocks(
     file: _PlainFile, start: int, end: int, block_size: int = 0
-) -> Iterator[tuple[int, bytes]]:
-    """``(offset, data)`` blocks of whole lines covering ``[start, end)``.
+) -> Iterator[tuple[int, bytes, int]]:
+    """``(offset, data, stop)``: ``data[:stop]`` are whole lines covering ``[start, end)``.
 
-    Unterminated bytes at ``end`` come last, alone (a torn final record).
+    Each read starts where the last whole line ended (re-reading the few bytes of a
+    line cut by the previous read costs less than gluing and cutting copies of a
+    whole block).  Unterminated bytes at ``end`` come last, alone (a torn final
+    record), with ``stop == len(data)``.
     """
     block_size = block_size or FORWARD_BLOCK
     pos = start
-    carry = b""
+    size = block_size
     while pos < end:
-        data = file.pread(min(block_size, end - pos), pos)
+        want = min(size, end - pos)
+        data = file.pread(want, pos)
         if not data:
             break
-        pos += len(data)
-        buf = carry + data if carry else data
-        cut = buf.rfind(b"\n") + 1
-        if cut == 0:
-            carry = buf
+        stop = data.rfind(b"\n") + 1
+        if stop == 0:
+            if len(data) < want or pos + want >= end:
+                yield pos, data, len(data)
+                break
+            size *= 2  # a line longer than a block
             continue
-        yield pos - len(buf), buf[:cut]
-        carry = buf[cut:]
-    if carry:
-        yield pos - len(carry), carry
+        yield pos, data, stop
+        pos += stop
+        size = block_size
 
 
 def _gz_blocks(
@@ -1103,7 +1294,7 @@ class SourceReader:
                 hi = end[1] if index == end[0] else item.end
                 file = item.file
                 lineno: int | None = 1 if lo == 0 else None
-                for offset, data in _forward_blocks(file, lo, hi):
+                for offset, data, stop in _forward_blocks(file, lo, hi):
                     yield Block(
                         data,
                         item.segment.path,
@@ -1112,10 +1303,10 @@ class SourceReader:
                         file.count_lines,
                         check_until,
                         first_of_restart,
+                        stop,
                     )
                     first_of_restart = False
-                    if lineno is not None:
-                        lineno += data.count(b"\n")
+                    lineno = None  # counted only for an error message, from the file
                 if index == len(opened) - 1:
                     self.live_end = hi
             else:
@@ -1141,43 +1332,40 @@ class SourceReader:
                     first_of_restart = False
                     line_base += data.count(b"\n")
 
-    def restart_boundary(self) -> list[LogLine]:
+    def restart_boundary(self) -> list[LineRun]:
         """Call before a block marked ``first_of_restart``: ends the old instance's lines."""
-        lines = self.decoder.finish() if not self.decoder.done else []
+        runs = self.decoder.finish_runs() if not self.decoder.done else []
         self.decoder.merger = PartialMerger(self.source.info)
-        return lines
+        return runs
 
-    def finish(self) -> list[LogLine]:
+    def finish(self) -> list[LineRun]:
         """Call after the last block (not when following): the unfinished lines."""
         if self._until_cut:
             self.decoder.merger.flush()
-        return self.decoder.finish()
+        return self.decoder.finish_runs()
 
-    def lines(self) -> Iterator[LogLine]:
-        """Logical lines, oldest first (the last ``tail`` of them with ``tail``)."""
+    def runs(self) -> Iterator[LineRun]:
+        """Runs of logical lines, oldest first; ``tail`` is not applied (see :meth:`lines`)."""
         decoder = self.decoder
-        tail = self.options.tail
-        kept: deque[LogLine] | None = deque(maxlen=tail) if tail is not None else None
         try:
             for block in self.blocks():
-                batch = self.restart_boundary() if block.first_of_restart else []
-                batch += decoder.feed(block)
-                if kept is not None:
-                    kept.extend(batch)
-                else:
-                    yield from batch
+                if block.first_of_restart:
+                    yield from self.restart_boundary()
+                yield from decoder.feed_runs(block)
                 if decoder.done:
                     break
             if not self.follow:
-                final = self.finish()
-                if kept is not None:
-                    kept.extend(final)
-                else:
-                    yield from final
-            if kept is not None:
-                yield from kept
+                yield from self.finish()
         finally:
             self.close()
+
+    def lines(self) -> Iterator[LogLine]:
+        """Logical lines, oldest first (the last ``tail`` of them with ``tail``)."""
+        lines = (line for run in self.runs() for line in expand_runs((run,)))
+        tail = self.options.tail
+        if tail is None:
+            return lines
+        return iter(deque(lines, maxlen=tail))
 
 
 def read_lines(
@@ -1209,6 +1397,18 @@ def merge_lines(sources: Iterable[Iterable[LogLine]]) -> Iterator[LogLine]:
 
 def _line_time(line: LogLine) -> int:
     return line.ns if line.ns >= 0 else parse_timestamp(line.timestamp)
+
+
+def merge_runs(sources: Iterable[Iterable[LineRun]]) -> Iterator[LineRun]:
+    """Several sources' runs in time order (each source must be in time order).
+
+    A run's lines share one timestamp, so ordering runs orders their lines.
+    """
+    return heapq.merge(*sources, key=_run_time)
+
+
+def _run_time(run: LineRun) -> int:
+    return run.ns if run.ns >= 0 else parse_timestamp(run.timestamp)
 
 
 # ---------------------------------------------------------------------------
@@ -1540,11 +1740,12 @@ class _Follower:
             self.offset = 0
         out: list[LogLine] = []
         hi = min(size, self.offset + budget)
-        for offset, data in _forward_blocks(cur, self.offset, hi):
-            if not data.endswith(b"\n") and not final:
+        for offset, data, stop in _forward_blocks(cur, self.offset, hi):
+            if not final and data[stop - 1 : stop] != b"\n":
                 break
-            out += self.decoder.feed(Block(data, cur.path, offset, None, cur.count_lines))
-            self.offset = offset + len(data)
+            block = Block(data, cur.path, offset, None, cur.count_lines, stop=stop)
+            out += self.decoder.feed(block)
+            self.offset = offset + stop
             if self.decoder.done:
                 break
         if self.offset < size and hi < size:

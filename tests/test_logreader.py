@@ -16,10 +16,8 @@ from iottymux.logformat import (
     DEFAULT_MAX_LINE_SIZE,
     LineFramer,
     LogRecord,
-    count_fixed_full_records,
     format_timestamp,
     parse_timestamp,
-    strip_fixed_full_records,
 )
 from iottymux.logreader import (
     FollowGroup,
@@ -265,23 +263,6 @@ def test_partial_merger_caps_a_line_that_never_ends() -> None:
     emitted = [merger.feed(LogRecord(ts, OUT, True, b"x" * 40)) for _ in range(3)]
     assert emitted[:2] == [None, None]
     assert emitted[2] is not None and not emitted[2].complete and len(emitted[2].content) == 120
-
-
-def test_fast_block_classifier_agrees_with_the_decoder(tmp_path: Path) -> None:
-    rt_path = tmp_path / "0.log"
-    rt = Runtime(rt_path)
-    rt.write(OUT, b"a\nbb\n")
-    rt.write(ERR, b"c\n")
-    rt.close()
-    block = rt_path.read_bytes()
-    assert count_fixed_full_records(block) == (2, 1)
-    assert strip_fixed_full_records(block) == b"a\nbb\nc\n"
-    stamped = strip_fixed_full_records(block, keep_timestamp=True, line_prefix=b"[x] ")
-    assert stamped.split(b"\n")[0] == b"[x] " + format_timestamp(T0 + 1000) + b" a"
-    # Anything the fast path cannot prove well-formed goes to the decoder.
-    assert count_fixed_full_records(block + b"junk\n") is None
-    assert count_fixed_full_records(block.replace(b" F ", b" P ", 1)) is None
-    assert count_fixed_full_records(block.replace(b"Z", b"+", 1)) is None
 
 
 # ---------------------------------------------------------------------------
