@@ -1855,8 +1855,15 @@ class _Follower:
         return self.cur is not None
 
     def can_park(self) -> bool:
-        """Every whole line read (an unfinished last one waits in the file)."""
-        return self.cur is not None and not self.more and not self.gone and not self.dirty
+        """Every whole line read (an unfinished last one waits in the file), no timer."""
+        cur = self.cur
+        return (
+            cur is not None
+            and not self.more
+            and not self.gone
+            and not self.dirty
+            and self.tracker.wake_in(cur.ino, 0) is None
+        )
 
     def park(self) -> None:
         """Close the descriptor of a drained, idle file; keep its watch and position."""
@@ -1882,16 +1889,15 @@ class _Follower:
                 return False
         self._parked_event = False
         self.parked = None
-        for path in [parked.path] + [e.path for e in self.tracker.entries if e.ino == parked.ino]:
-            try:
-                file = _PlainFile(path, self.stats)
-            except FileNotFoundError:
-                continue
-            if file.ino == parked.ino:
-                self._set_current(file, self.cur_wd)
-                self.offset = parked.offset
-                return True
-            file.close()
+        file = self._open_inode(parked)
+        if file is None:
+            # Renamed since the last listing, perhaps: list again before giving up.
+            self.scan()
+            file = self._open_inode(parked)
+        if file is not None:
+            self._set_current(file, self.cur_wd)
+            self.offset = parked.offset
+            return True
         # Gone by name and by inode: compressed away, or deleted with its container.
         self.watches.remove(self.cur_wd, self.handle)
         self.cur_wd = -1
@@ -1912,6 +1918,17 @@ class _Follower:
             )
         )
         return True
+
+    def _open_inode(self, parked: _Parked) -> _PlainFile | None:
+        for path in [parked.path] + [e.path for e in self.tracker.entries if e.ino == parked.ino]:
+            try:
+                file = _PlainFile(path, self.stats)
+            except FileNotFoundError:
+                continue
+            if file.ino == parked.ino:
+                return file
+            file.close()
+        return None
 
     # -- reading ---------------------------------------------------------------
 
@@ -2256,11 +2273,18 @@ class FollowGroup:
             self.watches.dispatch(events)
 
     def _read_all(self, now: int, tick: bool) -> None:
-        """Step every follower with work, into the merge window; retire the gone."""
+        """Step every follower with work, into the merge window; retire the gone.
+
+        Open files stay within ``max_open``: before a follower that may open one is
+        stepped, the least recently active drained file is parked.
+        """
         merge = self.merge
+        holders = sorted((f for f in self.followers if f.holds_file), key=lambda f: f.last_active)
+        room = _Room(holders, self.max_open)
         fresh, self._fresh = self._fresh, []
         for follower in fresh:
             merge.add(follower, list(follower.history_runs()), now)
+            room.opened(follower)
         many = len(self.followers) > 8
         budget = SHARED_STEP_BUDGET if many else 8 * FORWARD_BLOCK
         gone: list[_Follower] = []
@@ -2272,7 +2296,10 @@ class FollowGroup:
                 follower.need_scan = True
             wake = follower.wake_in(now)
             if follower.dirty or tick or (wake is not None and wake <= 0):
+                if not follower.holds_file:
+                    room.make(follower)
                 merge.add(follower, follower.step(now, budget), now)
+                room.opened(follower)
         for follower in gone:
             merge.add(follower, follower.finish(now), now)
             self._drop(follower)
@@ -2311,6 +2338,36 @@ class FollowGroup:
         self.followers = []
         self._by_dir.clear()
         self.inotify.close()
+
+
+class _Room:
+    """Keeps a group's open followed files within its limit while it steps them."""
+
+    def __init__(self, holders: list[_Follower], limit: int) -> None:
+        self.queue = deque(holders)  # least recently active first
+        self.open = len(holders)
+        self.limit = limit
+
+    def opened(self, follower: _Follower) -> None:
+        if follower.holds_file and follower not in self.queue:
+            self.queue.append(follower)
+            self.open += 1
+        self.make(None)
+
+    def make(self, keep: _Follower | None) -> None:
+        """Park idle files until one more may be opened (or ``keep``'s fits)."""
+        want = self.limit - (1 if keep is not None else 0)
+        skipped: list[_Follower] = []
+        while self.open > want and self.queue:
+            follower = self.queue.popleft()
+            if not follower.holds_file:
+                self.open -= 1
+            elif follower is not keep and follower.can_park():
+                follower.park()
+                self.open -= 1
+            else:
+                skipped.append(follower)
+        self.queue.extendleft(reversed(skipped))
 
 
 def source_key(source: LogSource) -> str:

@@ -6,6 +6,7 @@ import gzip
 import os
 import random
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -811,3 +812,71 @@ def test_follow_group_from_another_thread_stops_by_hook(tmp_path: Path) -> None:
         rt.close()
     assert not thread.is_alive()
     assert got == [b"before", b"during", b"last words"]
+
+
+def test_a_parked_file_is_reopened_by_position_even_after_rotation_and_gzip(
+    tmp_path: Path,
+) -> None:
+    """One file open for two containers: the idle one is parked, then rotated (and the
+    rotated file compressed and deleted) while parked; nothing is lost or repeated."""
+    dirs = [tmp_path / name for name in ("a", "b")]
+    runtimes = []
+    for d in dirs:
+        d.mkdir()
+        runtimes.append(Runtime(d / "0.log"))
+    got: list[bytes] = []
+    group = FollowGroup(
+        [LogSource.for_container_dir(str(d)) for d in dirs],
+        ReadOptions(),
+        max_open=1,
+        grace_ns=10**12,
+    )
+
+    def settle() -> None:
+        """Run the group until it has shown everything written so far."""
+        wanted = sum(counts)
+
+        def emit(batch: list[LogLine]) -> bool:
+            got.extend(line.content for line in batch)
+            return len(got) < wanted
+
+        deadline = time.monotonic() + 30
+        group.run(emit, should_stop=lambda: time.monotonic() > deadline)
+        assert len(got) == wanted
+
+    counts = [0, 0]
+
+    def write(i: int, k: int) -> None:
+        runtimes[i].write(
+            OUT, b"".join(b"%s%d\n" % (b"ab"[i : i + 1], counts[i] + j) for j in range(k))
+        )
+        counts[i] += k
+
+    try:
+        list(group.history())
+        write(0, 3)
+        write(1, 3)
+        settle()
+        assert group.open_files <= 1
+        parked = [f for f in group.followers if f.parked is not None]
+        assert len(parked) == 1
+        idle = dirs.index(Path(parked[0].source.directory))
+        # While parked: more lines, a rotation, the rotated file compressed away.
+        write(idle, 4)
+        live = dirs[idle] / "0.log"
+        rotated = dirs[idle] / "0.log.20240101-000000"
+        os.rename(live, rotated)
+        new_fd = os.open(live, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        os.close(runtimes[idle].fd)
+        runtimes[idle].fd = new_fd
+        kubelet_gzip(rotated)
+        write(idle, 2)
+        settle()
+    finally:
+        group.close()
+        for rt in runtimes:
+            rt.close()
+    for i, tag in enumerate((b"a", b"b")):
+        assert [line for line in got if line.startswith(tag)] == [
+            b"%s%d" % (tag, n) for n in range(counts[i])
+        ]

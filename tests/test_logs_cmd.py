@@ -872,7 +872,16 @@ def test_follow_picks_up_pods_and_containers_as_they_come(
     names: list[bytes] = []
 
     def printed(start: bytes) -> None:
-        follower.wait_for(lambda lines: any(ln.startswith(start) for ln in lines[-200:]))
+        seen = 0
+        hit = False
+
+        def found(lines: list[bytes]) -> bool:
+            nonlocal seen, hit
+            hit = hit or any(line.startswith(start) for line in lines[seen:])
+            seen = len(lines)
+            return hit
+
+        follower.wait_for(found)
 
     for p in range(4):
         pod = root / f"ns{p % 2}_pod-{p}_uid{p}"
