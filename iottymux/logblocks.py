@@ -20,6 +20,7 @@ from typing import Final
 from iottymux.logformat import STREAMS, TAG_FULL
 
 __all__ = [
+    "check_run",
     "count_newlines",
     "full_prefix_end",
     "run_end",
@@ -82,23 +83,21 @@ def run_end(data: bytes, pos: int, line_end: int, prefix: bytes, n: int = -1) ->
     find = data.find
     if line_end >= n or not startswith(prefix, line_end):
         return line_end
+    # Often the rest of the block is one run (a whole read stamped once).
+    bad = data.rfind(b"\n", pos, n - 1) + 1  # the last line
+    if startswith(prefix, bad):
+        return n
     good = line_end
-    bad = n
     step = line_end - pos
     while True:
         step *= 2
-        probe = find(b"\n", good + step, n) + 1
-        if probe <= 0 or probe >= n:
-            last = data.rfind(b"\n", good, n - 1) + 1
-            if last <= good or startswith(prefix, last):
-                return n
-            bad = last
+        probe = find(b"\n", good + step, bad) + 1
+        if probe <= 0:
             break
-        if startswith(prefix, probe):
-            good = probe
-        else:
+        if not startswith(prefix, probe):
             bad = probe
             break
+        good = probe
     while True:
         following = find(b"\n", good) + 1
         if following >= bad:
@@ -124,3 +123,17 @@ def strip_run(data: bytes, pos: int, end: int, prefix: bytes) -> tuple[bytes, in
     if (end - pos) - len(content) != lines * size:
         return None
     return content, lines
+
+
+def check_run(data: bytes, pos: int, end: int, prefix: bytes) -> tuple[bytes, int] | None:
+    """Like :func:`strip_run` but leaves the prefixes in: ``data[pos + len(prefix):end]``.
+
+    For formats that replace each line's record prefix by their own in one pass
+    (:class:`~iottymux.logreader.LineRun` ``prefix``).  Two counting passes prove the
+    run contiguous, at several times the speed of stripping it.
+    """
+    records = data[pos + len(prefix) : end]
+    lines = count_newlines(records)
+    if records.count(b"\n" + prefix) != lines - 1:
+        return None
+    return records, lines

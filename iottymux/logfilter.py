@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Final
+from typing import Final, NamedTuple
 
-__all__ = ["LineFilter", "Highlighter", "compile_patterns"]
+__all__ = ["Highlighter", "LineFilter", "Patterns", "compile_patterns"]
 
 _LEADING_FLAGS: Final = re.compile(r"\(\?([aiLmsux]+)\)")
 
@@ -31,11 +31,18 @@ def _scoped(pattern: str) -> str:
     return f"(?{match.group(1)}:{pattern[match.end() :]})"
 
 
-def compile_patterns(patterns: Sequence[str]) -> tuple[re.Pattern[bytes], re.Pattern[bytes]]:
-    """One alternation of ``patterns``: (for blocks, with MULTILINE; for one line).
+class Patterns(NamedTuple):
+    """One alternation of patterns, compiled for blocks and for a single line."""
 
-    Raises :class:`re.error` naming the bad pattern.
-    """
+    block: re.Pattern[bytes]
+    line: re.Pattern[bytes]
+    #: Without lookaround, a match inside one line of a block is a match of that line
+    #: alone; only a match that runs across a newline needs checking again.
+    local: bool
+
+
+def compile_patterns(patterns: Sequence[str]) -> Patterns:
+    """One alternation of ``patterns``; raises :class:`re.error` naming a bad one."""
     for pattern in patterns:
         try:
             re.compile(pattern.encode())
@@ -46,7 +53,8 @@ def compile_patterns(patterns: Sequence[str]) -> tuple[re.Pattern[bytes], re.Pat
     # \A and \Z must mean the ends of a line, as they do for the line alone.
     block = re.sub(rb"(?<!\\)((?:\\\\)*)\\A", rb"\1^", raw)
     block = re.sub(rb"(?<!\\)((?:\\\\)*)\\Z", rb"\1$", block)
-    return re.compile(block, re.MULTILINE), re.compile(raw)
+    local = re.search(rb"\(\?<?[=!]", raw) is None
+    return Patterns(re.compile(block, re.MULTILINE), re.compile(raw), local)
 
 
 class LineFilter:
@@ -76,6 +84,7 @@ def _select(
     count: int,
     block_re: re.Pattern[bytes],
     line_re: re.Pattern[bytes],
+    local: bool,
     *,
     keep: bool,
 ) -> tuple[bytes, int]:
@@ -94,11 +103,11 @@ def _select(
         if match is None or match.start() >= size:
             break  # (an empty match after the last newline is no line)
         hit = match.start()
-        start = max(pos, rfind(b"\n", pos, hit) + 1)
+        start = rfind(b"\n", pos, hit) + 1 or pos
         end = find(b"\n", hit) + 1 or size
         pos = end
         # A match may run across a newline; the line must match on its own.
-        if check(data[start : end - 1]) is None:
+        if not (local and match.end() < end) and check(data[start : end - 1]) is None:
             continue
         matched += 1
         if keep:
@@ -120,7 +129,7 @@ class Highlighter:
     __slots__ = ("_end", "_re", "_start")
 
     def __init__(self, patterns: Sequence[str], start: bytes, end: bytes) -> None:
-        self._re = compile_patterns(patterns)[0]
+        self._re = compile_patterns(patterns).block
         self._start = start
         self._end = end
 

@@ -26,7 +26,7 @@ from iottymux.logreader import LineRun
 __all__ = ["MergeWindow"]
 
 DEFAULT_WINDOW_NS: Final = 100_000_000
-DEFAULT_MAX_BYTES: Final = 16 << 20
+DEFAULT_MAX_BYTES: Final = 8 << 20
 
 
 class MergeWindow:
@@ -54,7 +54,7 @@ class MergeWindow:
         if not queue:
             self._push_head(key, runs[0])
         queue.extend(runs)
-        self._bytes += sum(len(run.data) for run in runs)
+        self._bytes += sum(run.size for run in runs)
         newest = max(run.ns for run in runs)
         self._batches.append((now_ns + self.window_ns, newest))
 
@@ -87,7 +87,7 @@ class MergeWindow:
             _, _, key = heapq.heappop(heads)
             queue = self._queues[key]
             run = queue.popleft()
-            self._bytes -= len(run.data)
+            self._bytes -= run.size
             out.append(run)
             if queue:
                 self._push_head(key, queue[0])

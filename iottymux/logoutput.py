@@ -138,12 +138,15 @@ class RawFormatter(Formatter):
         self.highlighter = highlighter
 
     def run(self, run: LineRun) -> bytes:
-        data = run.data
-        if self.highlighter is not None:
-            data = self.highlighter.apply(data)
         prefix = self.labeller.prefix(run.source) if self.labeller is not None else b""
         if self.timestamps:
             prefix += fixed_timestamp(run.timestamp) + b" "
+        if run.prefix and self.highlighter is None:
+            # Each record prefix becomes ours in one pass.
+            return prefix + run.records.replace(b"\n" + run.prefix, b"\n" + prefix)
+        data = run.data
+        if self.highlighter is not None:
+            data = self.highlighter.apply(data)
         if prefix:
             data = prefix + data[:-1].replace(b"\n", b"\n" + prefix) + b"\n"
         if not run.complete and self.plain_partial:
@@ -153,6 +156,8 @@ class RawFormatter(Formatter):
 
 # JSON string escapes, as json.dumps(ensure_ascii=False) writes them.
 _JSON_CONTROL: Final = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+#: Bytes a JSON string holds as they are (printable ASCII but the quote and backslash).
+_PLAIN_JSON: Final = bytes(sorted(set(range(0x20, 0x7F)) - {0x22, 0x5C}))
 #: Every byte but the control characters that need a \\u escape: deleting these
 #: leaves only those (a table lookup a byte, three times the speed of a regex scan).
 _NOT_CONTROL: Final = bytes(sorted({*range(0x20, 0x100), 0x09, 0x0A, 0x0D}))
@@ -217,6 +222,10 @@ class JsonFormatter(Formatter):
     def run(self, run: LineRun) -> bytes:
         head = self._head(run)
         tail = b'", "partial": false}\n' if run.complete else b'", "partial": true}\n'
+        if run.prefix and not run.prefix.translate(None, _PLAIN_JSON):
+            # Escaping leaves such a record prefix as it is: replace it in one pass.
+            body = json_escape_lines(run.records)
+            return head + body[:-1].replace(b"\n" + run.prefix, tail + head) + tail
         body = json_escape_lines(run.data)
         return head + body[:-1].replace(b"\n", tail + head) + tail
 
@@ -301,4 +310,7 @@ class TemplateFormatter(Formatter):
                 self._format(right, fields, "") + b"\n",
             )
         left_bytes, right_bytes = parts
+        if run.prefix:
+            records = run.records[:-1].replace(b"\n" + run.prefix, right_bytes + left_bytes)
+            return left_bytes + records + right_bytes
         return left_bytes + run.data[:-1].replace(b"\n", right_bytes + left_bytes) + right_bytes

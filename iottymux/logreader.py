@@ -54,9 +54,9 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import IO, Final
+from typing import IO, Final, NamedTuple
 
-from iottymux.logblocks import full_prefix_end, run_end, strip_run
+from iottymux.logblocks import check_run, full_prefix_end, run_end, strip_run
 from iottymux.logformat import (
     STREAMS,
     TIMESTAMP_WIDTH,
@@ -398,23 +398,69 @@ class LogLine:
         return self.ns if self.ns >= 0 else parse_timestamp(self.timestamp)
 
 
-@dataclass(slots=True)
 class LineRun:
     """Consecutive logical lines of one source that share stream and timestamp.
 
-    ``data`` is the lines' content, each followed by ``\\n``; ``count`` is how many.
-    ``complete`` is False only for a single line whose ``F`` never came (a stream
-    that ended on a ``P`` piece): its ``\\n`` in ``data`` is ours, not the app's.
-    ``ns`` is the parsed timestamp when the decoder was asked for it, else -1.
+    :attr:`data` is the lines' content, each followed by ``\\n``; ``count`` is how
+    many.  ``complete`` is False only for a single line whose ``F`` never came (a
+    stream that ended on a ``P`` piece): its ``\\n`` in ``data`` is ours, not the
+    app's.  ``ns`` is the parsed timestamp when the decoder was asked for it, else -1.
+
+    A run may still carry its record prefixes (``prefix``, when the decoder was asked
+    to keep them): every line but the first then starts with ``prefix`` in
+    :attr:`records`, and a format can put its own prefix in their place with one
+    ``bytes.replace`` instead of two.  :attr:`data` strips them on first use.
     """
 
-    timestamp: bytes
-    stream: bytes
-    data: bytes
-    count: int
-    complete: bool = True
-    source: SourceInfo | None = None
-    ns: int = -1
+    __slots__ = ("_data", "complete", "count", "ns", "prefix", "source", "stream", "timestamp")
+
+    def __init__(
+        self,
+        timestamp: bytes,
+        stream: bytes,
+        data: bytes,
+        count: int,
+        complete: bool = True,
+        source: SourceInfo | None = None,
+        ns: int = -1,
+        prefix: bytes = b"",
+    ) -> None:
+        self.timestamp = timestamp
+        self.stream = stream
+        self._data = data
+        self.count = count
+        self.complete = complete
+        self.source = source
+        self.ns = ns
+        self.prefix = prefix
+
+    @property
+    def data(self) -> bytes:
+        if self.prefix:
+            self._data = self._data.replace(b"\n" + self.prefix, b"\n")
+            self.prefix = b""
+        return self._data
+
+    @property
+    def records(self) -> bytes:
+        """The lines with their record prefixes but the first (see ``prefix``)."""
+        return self._data
+
+    @property
+    def size(self) -> int:
+        return len(self._data)
+
+    def with_data(self, data: bytes, count: int) -> LineRun:
+        """The same run holding other (e.g. filtered) lines."""
+        return LineRun(
+            self.timestamp, self.stream, data, count, self.complete, self.source, self.ns
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"LineRun({self.timestamp!r}, {self.stream!r}, {self._data[:40]!r}, "
+            f"count={self.count}, complete={self.complete}, prefix={self.prefix!r})"
+        )
 
     @property
     def time_ns(self) -> int:
@@ -547,10 +593,13 @@ class LineDecoder:
         until_ns: int | None = None,
         parse_times: bool = False,
         on_error: ErrorHandler | None = None,
+        keep_prefixes: bool = False,
     ) -> None:
         self.source = source
         self.streams = frozenset(streams)
         self.merge_partials = merge_partials
+        #: Leave record prefixes in runs (``LineRun.prefix``) for a format to replace.
+        self.keep_prefixes = keep_prefixes
         self.since_ns = since_ns
         self.until_ns = until_ns
         self.parse_times = parse_times
@@ -599,7 +648,15 @@ class LineDecoder:
             ts_end, cut = ends
             prefix = data[pos:cut]
             end = run_end(data, pos, line_end, prefix, n)
-            stripped = strip_run(data, pos, end, prefix)
+            # A run of one line is its own proof of contiguity.
+            kept = b""
+            if end == line_end:
+                stripped: tuple[bytes, int] | None = (data[cut:end], 1)
+            elif self.keep_prefixes:
+                stripped = check_run(data, pos, end, prefix)
+                kept = prefix
+            else:
+                stripped = strip_run(data, pos, end, prefix)
             if stripped is None:
                 self._records(block, pos, end, out)
                 pos = end
@@ -623,7 +680,7 @@ class LineDecoder:
                 if self._short >= self.SHORT_RUNS:
                     stretch = find(b"\n", min(n - 1, pos + self.RECORD_STRETCH), n) + 1
                     self._short = self.SHORT_RUNS // 2
-                    emitted = self._emit_run(timestamp, prefix, content, count, ns, streams)
+                    emitted = self._emit_run(timestamp, prefix, content, count, ns, streams, kept)
                     if emitted is not None:
                         out.append(emitted)
                     self._records(block, pos, stretch, out)
@@ -633,7 +690,7 @@ class LineDecoder:
                     continue
             else:
                 self._short = 0
-            emitted = self._emit_run(timestamp, prefix, content, count, ns, streams)
+            emitted = self._emit_run(timestamp, prefix, content, count, ns, streams, kept)
             if emitted is not None:
                 out.append(emitted)
         return out
@@ -646,6 +703,7 @@ class LineDecoder:
         count: int,
         ns: int,
         streams: frozenset[bytes],
+        kept: bytes,
     ) -> LineRun | None:
         stream = prefix[len(timestamp) + 1 : len(timestamp) + 7]
         if stream not in streams:
@@ -654,7 +712,7 @@ class LineDecoder:
             if ns < self.since_ns:
                 return None
             self.since_ns = None
-        return LineRun(timestamp, stream, content, count, True, self.source, ns)
+        return LineRun(timestamp, stream, content, count, True, self.source, ns, kept)
 
     def _records(self, block: Block, start: int, stop: int, out: list[LineRun]) -> None:
         """Decode ``block.data[start:stop]`` record by record (whole lines)."""
@@ -1008,6 +1066,8 @@ class ReadOptions:
     streams: frozenset[bytes] = frozenset(STREAMS)
     merge_partials: bool = True
     all_rotated: bool = False
+    #: Runs keep their record prefixes for the output format to replace (LineRun).
+    keep_prefixes: bool = False
 
 
 class _Opened:
@@ -1101,6 +1161,7 @@ class SourceReader:
             until_ns=options.until_ns,
             parse_times=parse_times,
             on_error=self.on_error,
+            keep_prefixes=options.keep_prefixes,
         )
         self._opened: list[_Opened] = []
         self._until_cut = False
@@ -1450,8 +1511,8 @@ _FILE_MASK: Final = IN_MODIFY | IN_CLOSE_WRITE | IN_ATTRIB
 _EVENT_HEADER: Final = struct.Struct("iIII")
 
 
-@dataclass(frozen=True, slots=True)
-class InotifyEvent:
+class InotifyEvent(NamedTuple):
+    # A tuple, not a dataclass: hundreds of followed files make thousands a second.
     wd: int
     mask: int
     cookie: int
@@ -1508,12 +1569,18 @@ class Inotify:
             except InterruptedError:
                 continue
             pos = 0
-            while pos + _EVENT_HEADER.size <= len(data):
-                wd, mask, cookie, length = _EVENT_HEADER.unpack_from(data, pos)
-                pos += _EVENT_HEADER.size
-                name = data[pos : pos + length].split(b"\0", 1)[0]
-                pos += length
-                events.append(InotifyEvent(wd, mask, cookie, os.fsdecode(name)))
+            size = len(data)
+            header = _EVENT_HEADER.size
+            unpack = _EVENT_HEADER.unpack_from
+            while pos + header <= size:
+                wd, mask, cookie, length = unpack(data, pos)
+                pos += header
+                if length:
+                    name = os.fsdecode(data[pos : pos + length].split(b"\0", 1)[0])
+                    pos += length
+                else:
+                    name = ""  # an event on a watched file itself
+                events.append(InotifyEvent(wd, mask, cookie, name))
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -2135,6 +2202,9 @@ class FollowGroup:
         self._fresh: list[_Follower] = []
         #: Sources are expected to come and go: run() does not end when all are gone.
         self.open_ended = False
+        #: Followers left unread in the last pass (the merge buffer was full).
+        self.backlog = False
+        self._next_turn = 0
         try:
             for source in sources:
                 self.add_source(source)
@@ -2265,6 +2335,8 @@ class FollowGroup:
             deadline = merge.next_deadline()
             if deadline is not None:
                 timeout = min(timeout, deadline - time.monotonic_ns())
+            if self.backlog:
+                timeout = 0
             if timeout > 0:
                 poller.poll(max(1, (timeout + 999_999) // 1_000_000))
             events = self.inotify.read_events()
@@ -2288,7 +2360,13 @@ class FollowGroup:
         many = len(self.followers) > 8
         budget = SHARED_STEP_BUDGET if many else 8 * FORWARD_BLOCK
         gone: list[_Follower] = []
-        for follower in self.followers:
+        # Start where the last pass stopped: with the buffer full, every follower
+        # still gets its turn.
+        count = len(self.followers)
+        start = self._next_turn % count if count else 0
+        order = self.followers[start:] + self.followers[:start]
+        self.backlog = False
+        for turn, follower in enumerate(order):
             if follower.gone:
                 gone.append(follower)
                 continue
@@ -2296,6 +2374,12 @@ class FollowGroup:
                 follower.need_scan = True
             wake = follower.wake_in(now)
             if follower.dirty or tick or (wake is not None and wake <= 0):
+                if merge.buffered > merge.max_bytes:
+                    # Memory stays bounded: the rest waits for the next pass.
+                    follower.dirty = True
+                    self.backlog = True
+                    self._next_turn = start + turn
+                    continue
                 if not follower.holds_file:
                     room.make(follower)
                 merge.add(follower, follower.step(now, budget), now)

@@ -20,7 +20,6 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
 from types import FrameType
 from typing import IO, Final
 
@@ -420,7 +419,7 @@ class Output:
                 if not count:
                     continue
                 if count != run.count:
-                    run = replace(run, data=data, count=count)
+                    run = run.with_data(data, count)
             if not self.raw(fmt(run)):
                 return False
         return True
@@ -836,6 +835,10 @@ def _run(
             highlighter=highlighter,
         )
     output = Output(out, formatter, line_filter=line_filter, limit_bytes=args.limit_bytes)
+    # A format that puts something of its own before each line does it in the same pass
+    # that takes the record prefixes off; filters need the bare lines first.
+    fuse = output_mode != "raw" or args.timestamps or labeller is not None
+    options.keep_prefixes = fuse and not line_filter.active and highlighter is None
     stats = ReadStats()
     reporter = _Reporter(sys.stderr)
 

@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from iottymux.logblocks import count_newlines, full_prefix_end, run_end, strip_run
+from iottymux.logblocks import check_run, count_newlines, full_prefix_end, run_end, strip_run
 from iottymux.logformat import LineFramer, format_timestamp, parse_timestamp
 from iottymux.logreader import Block, LineDecoder, LineRun, MalformedLine, expand_runs
 
@@ -238,3 +238,26 @@ def test_primitives() -> None:
     for bad in (b"junk\n", b"%s stdout P x\n" % ts, b"%s stdfoo F x\n" % ts, b"%s stdout F\n" % ts):
         assert full_prefix_end(bad, 0, len(bad)) is None, bad
     assert full_prefix_end(b"%s stdout F:x y\n" % ts, 0, 50) == (30, 42)
+
+
+def test_check_run_keeps_prefixes_and_refuses_a_broken_run() -> None:
+    ts = format_timestamp(T0)
+    data = b"%s stdout F a\n%s stdout F bb\n%s stderr F c\n" % (ts, ts, ts)
+    prefix = data[:40]
+    end = run_end(data, 0, data.find(b"\n") + 1, prefix)
+    assert check_run(data, 0, end, prefix) == (b"a\n" + prefix + b"bb\n", 2)
+    assert check_run(data, 0, len(data), prefix) is None
+
+
+def test_decoder_keeping_prefixes_gives_the_same_lines() -> None:
+    rng = random.Random(9)
+    for _ in range(20):
+        w = Writer(max_line_size=rng.choice((8, 64)))
+        for _ in range(rng.randint(1, 20)):
+            data = bytes(rng.choice(b"ab\n") for _ in range(rng.randint(0, 80)))
+            w.write(rng.choice((OUT, ERR)), data, rng.choice((0, 1000)))
+        plain = LineDecoder().feed_runs(Block(w.out, "x", 0))
+        kept = LineDecoder(keep_prefixes=True).feed_runs(Block(w.out, "x", 0))
+        assert [(r.stream, r.data, r.count) for r in kept] == [
+            (r.stream, r.data, r.count) for r in plain
+        ]

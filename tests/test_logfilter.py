@@ -35,6 +35,8 @@ CASES = [
     ([""], []),
     ([], ["x*"]),
     (["[^o]k"], []),
+    (["e(?=\n)", "(?<=\n)l"], []),  # lookaround must not see the neighbouring lines
+    ([], ["(?<!e)r"]),
 ]
 
 

@@ -119,3 +119,35 @@ def test_same_labels_are_told_apart() -> None:
     third = SourceInfo("0.log", container="0.log")
     assert labeller.prefix(second) == b"[0.log] "
     assert labeller.prefix(third) == b"[0.log#2] "
+
+
+def prefixed_runs() -> list[LineRun]:
+    """The same lines as :func:`one_run`, still carrying their record prefixes."""
+    prefix = TS + b" stderr F "
+    records = LINES[0] + b"\n" + b"".join(prefix + x + b"\n" for x in LINES[1:])
+    kept = LineRun(TS, b"stderr", records, len(LINES), True, INFO, -1, prefix)
+    return [kept, one_run()]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: JsonFormatter(),
+        lambda: TemplateFormatter("{pod} {time} {line}"),
+        lambda: RawFormatter(labeller=Labeller(color=True), timestamps=True, plain_partial=False),
+        lambda: RawFormatter(labeller=None, timestamps=False, plain_partial=True),
+    ],
+)
+def test_replacing_record_prefixes_in_one_pass_gives_the_same_bytes(make: object) -> None:
+    kept, stripped = prefixed_runs()
+    formatter = make()  # type: ignore[operator]
+    assert formatter.run(kept) == formatter.run(stripped)
+    assert kept.data == stripped.data and not kept.prefix  # stripped on demand
+
+
+def test_a_record_prefix_json_would_escape_is_not_replaced_blindly() -> None:
+    odd = TS + b' stderr F:"x '
+    records = b"a\n" + odd + b"b\n"
+    kept = LineRun(TS, b"stderr", records, 2, True, INFO, -1, odd)
+    lines = [json.loads(x)["line"] for x in JsonFormatter().run(kept).splitlines()]
+    assert lines == ["a", "b"]
