@@ -12,9 +12,7 @@ the command to the next and on every node.
 
 from __future__ import annotations
 
-import json
 import re
-import string
 import zlib
 from collections.abc import Sequence
 from typing import Final
@@ -212,9 +210,13 @@ class JsonFormatter(Formatter):
     def _head(self, run: LineRun) -> bytes:
         who = self._sources.get(run.source)
         if who is None:
+            import json
+
             who = self._sources[run.source] = json.dumps(_info_fields(run.source))[1:-1].encode()
         time = fixed_timestamp(run.timestamp)
         if len(time) != TIMESTAMP_WIDTH:
+            import json
+
             # Only an unparsable timestamp is left as it was: let json quote it.
             time = json.dumps(time.decode("ascii", "replace"))[1:-1].encode()
         return b'{"time": "%s", "stream": "%s", %s, "line": "' % (time, run.stream, who)
@@ -244,6 +246,8 @@ class TemplateFormatter(Formatter):
     """
 
     def __init__(self, template: str) -> None:
+        import string
+
         self.template = template
         try:
             parsed = list(string.Formatter().parse(template))

@@ -70,6 +70,7 @@ from iottymux.logformat import (
 
 __all__ = [
     "Block",
+    "DaemonUnavailable",
     "FollowGroup",
     "Inotify",
     "InotifyEvent",
@@ -121,6 +122,10 @@ FOLLOW_TICK_NS: Final = 1_000_000_000
 
 class LogReadError(Exception):
     """A log source cannot be read at all (missing, unreadable, not a log)."""
+
+
+class DaemonUnavailable(Exception):
+    """A source is known only to the rktlet daemon, and it cannot answer."""
 
 
 @dataclass(slots=True)

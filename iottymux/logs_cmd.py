@@ -15,15 +15,13 @@ import argparse
 import os
 import re
 import signal
-import socket
 import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from types import FrameType
-from typing import IO, Final
+from typing import IO, TYPE_CHECKING, Final
 
-from iottymux.logdiscover import NodeDiscovery
 from iottymux.logfilter import Highlighter, LineFilter
 from iottymux.logformat import STDERR, STDOUT
 from iottymux.logoutput import (
@@ -38,6 +36,7 @@ from iottymux.logoutput import (
 )
 from iottymux.logreader import (
     DEFAULT_MAX_OPEN,
+    DaemonUnavailable,
     FollowGroup,
     LineRun,
     LogLine,
@@ -55,16 +54,10 @@ from iottymux.logreader import (
     parse_time_arg,
     source_key,
 )
-from iottymux.logselect import (
-    DaemonPods,
-    DaemonUnavailable,
-    Selection,
-    SelectionError,
-    newest_per_pod,
-)
-from iottymux.logselect import (
-    pod_dirs as all_pod_dirs,
-)
+
+if TYPE_CHECKING:
+    from iottymux.logdiscover import NodeDiscovery
+    from iottymux.logselect import DaemonPods, Selection
 
 EXIT_OK: Final = 0
 EXIT_ERROR: Final = 1
@@ -134,6 +127,8 @@ def resolve_via_daemon(name: str, socket_path: str) -> list[LogSource]:
     The CRI client (grpc) is imported only here: reading files needs no daemon and no
     third-party package.
     """
+    import socket
+
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.settimeout(2.0)
@@ -275,6 +270,10 @@ def resolve_target(target: str, socket_path: str) -> list[LogSource] | None:
     return resolve_via_daemon(target, socket_path)
 
 
+class UsageError(ValueError):
+    """A command line that cannot be carried out as given (exit 2)."""
+
+
 class Targets:
     """What the command line names: fixed sources, and a selection under the log root."""
 
@@ -296,7 +295,15 @@ class Targets:
         wanted = patterns or bare or scoped or args.selector is not None
         wanted = wanted or args.container is not None or args.exclude_container is not None
         self.selection: Selection | None = None
-        if wanted:
+        self.pods: DaemonPods | None = None
+        self.discovery: NodeDiscovery | None = None
+        if not wanted:
+            return
+        # Only a selection needs these (and its label lookups, the daemon).
+        from iottymux.logdiscover import NodeDiscovery
+        from iottymux.logselect import DaemonPods, Selection, SelectionError
+
+        try:
             self.selection = Selection.build(
                 namespaces=args.namespace or (),
                 all_namespaces=args.all_namespaces,
@@ -306,13 +313,12 @@ class Targets:
                 exclude_container=args.exclude_container,
                 selector=args.selector,
             )
-        self.pods: DaemonPods | None = None
+        except SelectionError as exc:
+            raise UsageError(str(exc)) from None
         if args.selector is not None:
             self.pods = DaemonPods(args.rktlet_socket)
-        self.discovery: NodeDiscovery | None = None
-        if self.selection is not None:
-            lookup = self.pods.labels if self.pods is not None else None
-            self.discovery = NodeDiscovery(self.log_root, self.selection, lookup)
+        lookup = self.pods.labels if self.pods is not None else None
+        self.discovery = NodeDiscovery(self.log_root, self.selection, lookup)
 
     def one_container(self) -> bool:
         """A single ``NS/POD/CTR`` with plain names: its lines need no prefix."""
@@ -359,6 +365,9 @@ class Targets:
             ]
             if pods:
                 continue
+            from iottymux.logselect import newest_per_pod
+            from iottymux.logselect import pod_dirs as all_pod_dirs
+
             pod_dirs = [
                 pod
                 for pod in newest_per_pod(all_pod_dirs(self.log_root))
@@ -746,7 +755,7 @@ def main(argv: list[str]) -> int:
 
     try:
         targets = Targets(args)
-    except SelectionError as exc:
+    except UsageError as exc:
         return _usage(str(exc))
     except DaemonUnavailable as exc:
         sys.stderr.write(f"iottymux logs: {exc}\n")

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from iottymux.logreader import DaemonUnavailable
+
 __all__ = [
     "DaemonPods",
-    "DaemonUnavailable",
     "LabelSelector",
     "PodDir",
     "PodPattern",
@@ -34,10 +34,6 @@ __all__ = [
 
 class SelectionError(ValueError):
     """A pattern or selector that cannot be used."""
-
-
-class DaemonUnavailable(Exception):
-    """The selection needs the rktlet daemon and it cannot answer."""
 
 
 # ---------------------------------------------------------------------------
@@ -341,6 +337,8 @@ class DaemonPods:
     def _connect(self) -> Any:
         if self._stub is not None:
             return self._stub
+        import socket
+
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
                 conn.settimeout(2.0)
