@@ -181,9 +181,7 @@ def main() -> int:
         load_start = os.getloadavg()
         print("load average at start: {:.2f} {:.2f} {:.2f}".format(*load_start))
         # Warm the page cache so every contender reads from memory.
-        subprocess.run(
-            ["cat", str(big), str(small)], stdout=subprocess.DEVNULL, check=True
-        )
+        subprocess.run(["cat", str(big), str(small)], stdout=subprocess.DEVNULL, check=True)
 
         py = f"{sys.executable} -m iottymux logs"
         # Measure an installed tool: bytecode cached (in the temp dir, not the repo),
