@@ -1037,3 +1037,33 @@ def test_follow_many_containers_with_few_open_files(
         name, number, _ = line.split(b" ", 2)
         got[name].append(int(number))
     assert got == {name: list(range(sent[name])) for name in names}
+
+
+@pytest.mark.parametrize("crlf", [False, True])
+def test_printed_bytes_are_the_apps_bytes(tmp_path: Path, crlf: bool) -> None:
+    """Byte for byte what the app wrote on stdout: P/F joined, stderr's partials kept
+    apart, empty lines, invalid UTF-8, CRLF from a pty, and a last line left unfinished
+    at exit (the writer ends it with a ``P`` record)."""
+    rng = random.Random(21 + crlf)
+    path = tmp_path / "0.log"
+    rt = Runtime(path, max_line_size=40)
+    for framer in rt.framers.values():
+        framer.crlf = crlf
+    sent = b""
+    for i in range(3000):
+        stream = OUT if rng.random() < 0.7 else ERR
+        pieces = [b"", b"\n", b"\r\n", b"\xff\xfe\xc3", b"x" * rng.randint(1, 120), b"line %d" % i]
+        data = b"".join(rng.choice(pieces) for _ in range(rng.randint(1, 6)))
+        rt.write(stream, data, t=T0 + i * 1000 + rng.choice((0, 1)))
+        if stream == OUT:
+            sent += data
+    rt.write(OUT, b"the end, no newline")
+    sent += b"the end, no newline"
+    pending = rt.framers[OUT]._pending  # what the writer holds at the app's exit
+    os.write(rt.fd, b"%s stdout P %s\n" % (format_timestamp(T0 + 10**10), pending))
+    rt.close()
+    expected = sent.replace(b"\r\n", b"\n") if crlf else sent
+    for extra in ([], ["--output", "raw"]):
+        result = run_logs("--stream", "stdout", *extra, str(path))
+        assert result.returncode == 0 and result.stderr == b""
+        assert result.stdout == expected
