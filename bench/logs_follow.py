@@ -38,9 +38,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.attach_fanout import cpu_seconds, peak_rss_kib  # noqa: E402
 from iottymux.logformat import LineFramer, TimestampCache  # noqa: E402
-
-CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -55,20 +54,6 @@ class Result:
     @property
     def rate(self) -> float:
         return self.lines / self.seconds
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
-
-
-def peak_rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return 0
 
 
 def open_files(pid: int, root: str) -> int:

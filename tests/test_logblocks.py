@@ -12,40 +12,12 @@ import random
 import pytest
 
 from iottymux.logblocks import check_run, count_newlines, full_prefix_end, run_end, strip_run
-from iottymux.logformat import LineFramer, format_timestamp, parse_timestamp
+from iottymux.logformat import LineFramer, format_timestamp
 from iottymux.logreader import Block, LineDecoder, LineRun, MalformedLine, expand_runs
+from tests.test_logreader import Ref, reference
 
 T0 = 1_700_000_000_000_000_000
 OUT, ERR = b"stdout", b"stderr"
-
-Ref = tuple[int, bytes, bytes, bool]
-
-
-def reference(raw: bytes) -> list[Ref]:
-    """Record by record, per-stream pieces: (time, stream, content, complete)."""
-    pending: dict[bytes, tuple[int, list[bytes]]] = {}
-    out: list[Ref] = []
-    lines = raw.split(b"\n")
-    torn = lines.pop()
-    if torn:
-        lines.append(torn)
-    for line in lines:
-        parts = line.split(b" ", 3)
-        if len(parts) != 4 or parts[1] not in (OUT, ERR):
-            continue
-        tag = parts[2].split(b":")[0]
-        if tag not in (b"P", b"F"):
-            continue
-        ns = parse_timestamp(parts[0])
-        if tag == b"P":
-            pieces = pending.get(parts[1], (ns, []))[1]
-            pending[parts[1]] = (ns, [*pieces, parts[3]])
-            continue
-        pieces = pending.pop(parts[1], (0, []))[1]
-        out.append((ns, parts[1], b"".join(pieces) + parts[3], True))
-    rest = [(ns, s, b"".join(p), False) for s, (ns, p) in pending.items()]
-    return out + sorted(rest)
-
 
 def decode(raw: bytes, cuts: list[int]) -> list[LineRun]:
     """Decode ``raw`` in blocks ending at ``cuts`` (each block up to a newline)."""

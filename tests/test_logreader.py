@@ -75,7 +75,11 @@ def reference(raw: bytes) -> list[Ref]:
     """An independent, obviously-correct decoder: (time, stream, content, complete)."""
     pending: dict[bytes, tuple[int, list[bytes]]] = {}
     out: list[Ref] = []
-    for line in raw.split(b"\n")[:-1]:
+    lines = raw.split(b"\n")
+    torn = lines.pop()  # an unterminated last record is still a record
+    if torn:
+        lines.append(torn)
+    for line in lines:
         parts = line.split(b" ", 3)
         if len(parts) != 4 or parts[1] not in (OUT, ERR):
             continue

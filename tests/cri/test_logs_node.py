@@ -12,10 +12,8 @@ directory layout, removing a deleted pod's log directory) the test does itself.
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,54 +21,7 @@ import pytest
 
 from cri.api import api_pb2
 from tests.cri.conftest import REPO, Daemon
-
-
-class Follower:
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "iottymux", "logs", "-f", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=REPO,
-        )
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self.cond = threading.Condition()
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        self.threads = [
-            threading.Thread(target=self._pump, args=(self.proc.stdout, self.out), daemon=True),
-            threading.Thread(target=self._pump, args=(self.proc.stderr, self.err), daemon=True),
-        ]
-        for thread in self.threads:
-            thread.start()
-
-    def _pump(self, pipe: object, into: list[str]) -> None:
-        for raw in pipe:  # type: ignore[attr-defined]
-            with self.cond:
-                into.append(raw.decode().rstrip("\n"))
-                self.cond.notify_all()
-        with self.cond:
-            self.cond.notify_all()
-
-    def wait(self, lines: list[str], want: str, timeout: float = 60) -> None:
-        with self.cond:
-            ok = self.cond.wait_for(lambda: want in lines or self.proc.poll() is not None, timeout)
-            assert ok and want in lines, (want, lines[-8:], self.err[-8:])
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(30)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-            for thread in self.threads:
-                thread.join(10)
-            for pipe in (self.proc.stdout, self.proc.stderr):
-                if pipe is not None:
-                    pipe.close()
+from tests.test_logs_cmd import Follower
 
 
 @pytest.fixture
@@ -79,6 +30,11 @@ def follower_of(daemon: Daemon) -> Iterator[list[Follower]]:
     yield started
     for follower in started:
         follower.stop()
+
+
+def shown(follower: Follower, line: str) -> None:
+    want = line.encode()
+    follower.wait_for(lambda lines: want in lines, timeout=60)
 
 
 def run_pod(daemon: Daemon, name: str, **labels: str) -> tuple[str, api_pb2.PodSandboxConfig]:
@@ -126,31 +82,32 @@ def test_follow_pods_by_label_as_the_daemon_creates_and_deletes_them(
         "--no-prefix",
     )
     follower_of.append(follower)
-    follower.wait(follower.out, "web-a/server 49")
+    shown(follower, "web-a/server 49")
 
     # New pods while following: one that matches, one that does not.
     web_b = run_pod(daemon, "web-b", app="web")
     db_b = run_pod(daemon, "db-b", app="db")
     first = start(daemon, web_b, "worker", counter("web-b/worker", 300, "; exit 3"))
     start(daemon, db_b, "postgres", counter("db-b/postgres", 300))
-    follower.wait(follower.out, "web-b/worker 299")
+    shown(follower, "web-b/worker 299")
     assert daemon.wait_exited(first).exit_code == 3
     # The kubelet restarts it as a new container writing the next attempt's file.
     restarted = start(daemon, web_b, "worker", counter("web-b/worker-again", 200), attempt=1)
-    follower.wait(follower.out, "web-b/worker-again 199")
+    shown(follower, "web-b/worker-again 199")
     daemon.wait_exited(restarted)
     # A sidecar added to the pod later is followed too.
     start(daemon, web_b, "sidecar", counter("web-b/sidecar", 100))
-    follower.wait(follower.out, "web-b/sidecar 99")
+    shown(follower, "web-b/sidecar 99")
 
     # Deleting web-a: the daemon removes the pod, the kubelet its log directory.
     daemon.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=web_a[0]))
     daemon.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=web_a[0]))
     shutil.rmtree(web_a[1].log_directory)
-    follower.wait(follower.err, "iottymux logs: pod default/web-a removed")
+    follower.wait_notice("pod default/web-a removed")
 
-    assert follower.stop() == 0
-    lines = follower.out
+    code, err = follower.stop()
+    assert code == 0
+    lines = [line.decode() for line in follower.lines]
     assert not any(line.startswith("db-") for line in lines), "db pods are not app=web"
     for name, count in (
         ("web-a/server", 50),
@@ -161,7 +118,7 @@ def test_follow_pods_by_label_as_the_daemon_creates_and_deletes_them(
         numbers = [int(line.split()[1]) for line in lines if line.split()[0] == name]
         assert numbers == list(range(count)), f"{name}: lost, repeated or reordered lines"
     assert len(lines) == 650
-    notices = follower.err
+    notices = err.decode().splitlines()
     assert "iottymux logs: following new container default/web-b/worker" in notices
     assert "iottymux logs: following new container default/web-b/sidecar" in notices
     assert "iottymux logs: default/web-b/worker restarted (1.log)" in notices
