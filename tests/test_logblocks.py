@@ -19,6 +19,7 @@ from tests.test_logreader import Ref, reference
 T0 = 1_700_000_000_000_000_000
 OUT, ERR = b"stdout", b"stderr"
 
+
 def decode(raw: bytes, cuts: list[int]) -> list[LineRun]:
     """Decode ``raw`` in blocks ending at ``cuts`` (each block up to a newline)."""
     decoder = LineDecoder(parse_times=True)
