@@ -39,7 +39,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.attach_fanout import cpu_seconds, peak_rss_kib  # noqa: E402
+from bench.logs_tail import replace_section  # noqa: E402
 from iottymux.logformat import LineFramer, TimestampCache  # noqa: E402
+
+MARK_START = "<!-- bench/logs_follow.py -->"
+MARK_END = "<!-- /bench/logs_follow.py -->"
 
 
 @dataclass
@@ -196,6 +200,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=10, help="lines per write")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--dir", help="where to put the log root (default: a temp dir)")
+    parser.add_argument("--results", type=Path, help="also write the table into this markdown file")
     args = parser.parse_args()
     tail = shutil.which("tail")
     if tail is None:
@@ -209,7 +214,8 @@ def main() -> int:
             f"{args.batch} lines per write, {args.runs} runs; python {sys.version.split()[0]}; "
             f"{version.splitlines()[0]}"
         )
-        print("load average at start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+        load_start = os.getloadavg()
+        print("load average at start: {:.2f} {:.2f} {:.2f}".format(*load_start))
         results: dict[str, list[Result]] = {"iottymux logs -f": [], "tail -F": []}
         for run in range(args.runs):
             for name in list(results) if run % 2 == 0 else list(reversed(results)):
@@ -233,9 +239,15 @@ def main() -> int:
                     ]
                 results[name].append(one_run(name, argv, root, paths, args.lines, args.batch))
                 shutil.rmtree(root)
-        print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+        load_after = os.getloadavg()
+        print("load average after: {:.2f} {:.2f} {:.2f}".format(*load_after))
         peer = statistics.median(r.rate for r in results["tail -F"])
         peer_cpu = statistics.median(r.cpu / r.lines * 1e6 for r in results["tail -F"])
+        header = (
+            "| follower | lines/s | vs `tail -F` | CPU s | CPU s per M lines | vs `tail -F` "
+            "| open files (max) | peak RSS MiB | each run's lines/s |"
+        )
+        table = [header, "|---|---|---|---|---|---|---|---|---|"]
         print()
         print(
             f"{'follower':<18} {'lines/s':>10} {'vs tail':>8} {'CPU s':>7} {'CPU s/M lines':>14} "
@@ -246,15 +258,38 @@ def main() -> int:
             cpu = statistics.median(r.cpu for r in runs)
             per_m = statistics.median(r.cpu / r.lines * 1e6 for r in runs)
             cpu_ratio = per_m / peer_cpu if peer_cpu else float("inf")
+            opened = max(r.max_open for r in runs)
+            rss = max(r.rss_kib for r in runs) / 1024
+            each = ", ".join(f"{r.rate:.0f}" for r in runs)
             print(
                 f"{name:<18} {rate:>10.0f} {rate / peer:>7.2f}x {cpu:>7.2f} {per_m:>14.2f} "
-                f"{cpu_ratio:>7.2f}x {max(r.max_open for r in runs):>10} "
-                f"{max(r.rss_kib for r in runs) / 1024:>7.1f}MiB  "
-                f"({', '.join(f'{r.rate:.0f}' for r in runs)})"
+                f"{cpu_ratio:>7.2f}x {opened:>10} {rss:>7.1f}MiB  ({each})"
+            )
+            table.append(
+                f"| `{name}` | {rate:.0f} | {rate / peer:.2f}x | {cpu:.2f} | {per_m:.2f} "
+                f"| {cpu_ratio:.2f}x | {opened} | {rss:.1f} | {each} |"
             )
         writer = statistics.median(r.writer_seconds for runs in results.values() for r in runs)
         lines = args.containers * args.lines
         print(f"(the writer alone: {lines / writer:.0f} lines/s, median)")
+        if args.results is not None:
+            text = [
+                "## Following a node: `iottymux logs -f` (bench/logs_follow.py)",
+                "",
+                f"{args.containers} containers (one pod each) in a kubelet log root; one "
+                f"writer appends {args.lines} numbered 100-byte lines to every container, "
+                f"{args.batch} lines per write through the real CRI framer, round-robin, "
+                f"as fast as it can ({lines / writer:.0f} lines/s alone, median); the run "
+                "ends when the follower has printed every line. `iottymux logs -f -n bench "
+                "--tail 0` with its defaults (prefixes, 100 ms merge window, at most 128 "
+                "open files) against GNU `tail -q -n 0 -F` on the same files (raw records: "
+                f"no decoding, prefixes or ordering). {args.runs} runs each, alternating, "
+                f"medians. Load average {load_start[0]:.2f} at the start, {load_after[0]:.2f} "
+                "at the end (2 vCPUs shared with other work).",
+                "",
+                *table,
+            ]
+            replace_section(args.results, MARK_START, MARK_END, "\n".join(text))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0

@@ -1073,6 +1073,9 @@ class ReadOptions:
     all_rotated: bool = False
     #: Runs keep their record prefixes for the output format to replace (LineRun).
     keep_prefixes: bool = False
+    #: Bytes per forward read (0: FORWARD_BLOCK); smaller when many sources are read
+    #: side by side, each holding a block.
+    block_size: int = 0
 
 
 class _Opened:
@@ -1352,6 +1355,7 @@ class SourceReader:
 
     def blocks(self) -> Iterator[Block]:
         """The planned byte ranges as blocks of whole records, oldest first."""
+        options = self.options
         opened = self._open()
         self._opened = opened
         if not opened:
@@ -1372,7 +1376,7 @@ class SourceReader:
                 hi = end[1] if index == end[0] else item.end
                 file = item.file
                 lineno: int | None = 1 if lo == 0 else None
-                for offset, data, stop in _forward_blocks(file, lo, hi):
+                for offset, data, stop in _forward_blocks(file, lo, hi, options.block_size):
                     yield Block(
                         data,
                         item.segment.path,
@@ -1396,7 +1400,9 @@ class SourceReader:
                         line_base = item._gz_data.count(b"\n", 0, lo) + 1
                     chunks: Iterable[tuple[int, bytes]] = [(lo, data)] if data else []
                 else:
-                    chunks = _gz_blocks(item.segment.path, self.stats, self.on_error)
+                    chunks = _gz_blocks(
+                        item.segment.path, self.stats, self.on_error, options.block_size
+                    )
                 for offset, data in chunks:
                     yield Block(
                         data,

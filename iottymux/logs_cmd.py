@@ -66,6 +66,8 @@ EXIT_NO_DAEMON: Final = 3
 
 DEFAULT_LOG_ROOT: Final = "/var/log/pods"
 DEFAULT_RKTLET_SOCKET: Final = "/run/rktlet/rktlet.sock"
+#: Forward read size when many containers are read side by side.
+MANY_SOURCES_BLOCK: Final = 64 << 10
 #: Output is written in pieces of at least this size.
 WRITE_CHUNK: Final = 64 << 10
 #: Malformed lines reported one by one before only a count is kept.
@@ -702,6 +704,23 @@ def _keep_buffers_on_the_heap() -> None:
     mallopt(M_TRIM_THRESHOLD, 64 << 20)
 
 
+def _raise_open_files_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit.
+
+    Reading the history of many containers merged by time holds one file of each
+    open at once (following then keeps at most --max-open-files); the common soft
+    limit of 1024 would stop a node-wide read at a thousand containers.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
 M_TRIM_THRESHOLD: Final = -1
 M_MMAP_THRESHOLD: Final = -3
 
@@ -808,6 +827,9 @@ def _run(
         merge_partials=not args.no_merge_partials,
         all_rotated=args.all_rotated,
     )
+    if len(sources) > 8 or (args.follow and targets.selection is not None):
+        # Merging many containers holds a block of each: keep the blocks small.
+        options.block_size = MANY_SOURCES_BLOCK
     out = sys.stdout.buffer
     several = len(sources) > 1 or (targets.selection is not None and not targets.one_container())
     use_prefix = args.prefix if args.prefix is not None else several
@@ -857,6 +879,7 @@ def _run(
         sys.stderr.flush()
 
     _keep_buffers_on_the_heap()
+    _raise_open_files_limit()
     previous = None
     try:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
