@@ -2158,6 +2158,8 @@ class _Follower:
 DEFAULT_MAX_OPEN: Final = 128
 #: Bytes one follower reads in one step when many are followed (fairness, memory).
 SHARED_STEP_BUDGET: Final = FORWARD_BLOCK
+#: Followers the once-a-tick safety net looks at per tick.
+TICK_SLICE: Final = 64
 
 
 class FollowGroup:
@@ -2216,6 +2218,7 @@ class FollowGroup:
         #: Followers left unread in the last pass (the merge buffer was full).
         self.backlog = False
         self._next_turn = 0
+        self._tick_cursor = 0
         try:
             for source in sources:
                 self.add_source(source)
@@ -2377,14 +2380,20 @@ class FollowGroup:
         start = self._next_turn % count if count else 0
         order = self.followers[start:] + self.followers[:start]
         self.backlog = False
+        if tick and count:
+            # The safety net looks at a slice of the followers per tick: with
+            # thousands of idle containers it stays a small, bounded cost.
+            for index in range(self._tick_cursor, self._tick_cursor + min(count, TICK_SLICE)):
+                checked = self.followers[index % count]
+                checked.need_scan = True
+                checked.dirty = True
+            self._tick_cursor = (self._tick_cursor + TICK_SLICE) % count
         for turn, follower in enumerate(order):
             if follower.gone:
                 gone.append(follower)
                 continue
-            if tick:
-                follower.need_scan = True
             wake = follower.wake_in(now)
-            if follower.dirty or tick or (wake is not None and wake <= 0):
+            if follower.dirty or (wake is not None and wake <= 0):
                 if merge.buffered > merge.max_bytes:
                     # Memory stays bounded: the rest waits for the next pass.
                     follower.dirty = True
