@@ -65,7 +65,9 @@ def open_files(pid: int, root: str) -> int:
     try:
         for fd in os.listdir(f"/proc/{pid}/fd"):
             try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(root):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                # Files only: a directory being listed is not a followed file.
+                if target.startswith(root) and not os.path.isdir(target):
                     count += 1
             except OSError:
                 pass

@@ -30,6 +30,8 @@ __all__ = [
 #: A record prefix (timestamp, stream, tags and their spaces) longer than this is
 #: not one our fast path handles; the record decoder will judge it.
 MAX_PREFIX: Final = 96
+#: Bytes after a run's second line searched at once for its last line.
+SHORT_RUN_WINDOW: Final = 4096
 
 
 def count_newlines(data: bytes) -> int:
@@ -87,7 +89,14 @@ def run_end(data: bytes, pos: int, line_end: int, prefix: bytes, n: int = -1) ->
     bad = data.rfind(b"\n", pos, n - 1) + 1  # the last line
     if startswith(prefix, bad):
         return n
-    good = line_end
+    # Often the run is short (a follower reading a few writes): the last line with
+    # the prefix in a small window ends it, if the window goes past that line.
+    key = b"\n" + prefix
+    limit = min(bad, line_end + SHORT_RUN_WINDOW)
+    good = data.rfind(key, line_end - 1, limit + len(key)) + 1
+    following = find(b"\n", good, n) + 1
+    if following <= limit:
+        return following
     step = line_end - pos
     while True:
         step *= 2

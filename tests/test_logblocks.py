@@ -234,3 +234,16 @@ def test_decoder_keeping_prefixes_gives_the_same_lines() -> None:
         assert [(r.stream, r.data, r.count) for r in kept] == [
             (r.stream, r.data, r.count) for r in plain
         ]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_run_end_finds_where_a_contiguous_run_ends(seed: int) -> None:
+    """Against a line-by-line walk, over runs of every length and line size."""
+    rng = random.Random(seed)
+    for _ in range(2000):
+        count = rng.randint(1, 400)
+        size = rng.choice((0, 5, 60, 300))
+        run = b"".join(b"P0 " + b"x" * rng.randint(0, size) + b"\n" for _ in range(count))
+        rest = b"".join(b"P%d y\n" % rng.randint(1, 2) for _ in range(rng.randint(0, 50)))
+        data = run + rest
+        assert run_end(data, 0, data.find(b"\n") + 1, b"P0 ") == len(run)
