@@ -2374,6 +2374,7 @@ class FollowGroup:
         many = len(self.followers) > 8
         budget = SHARED_STEP_BUDGET if many else 8 * FORWARD_BLOCK
         gone: list[_Follower] = []
+        deferred: list[_Follower] = []
         # Start where the last pass stopped: with the buffer full, every follower
         # still gets its turn.
         count = len(self.followers)
@@ -2400,8 +2401,16 @@ class FollowGroup:
                     self.backlog = True
                     self._next_turn = start + turn
                     continue
-                if not follower.holds_file:
-                    room.make(follower)
+                if not follower.holds_file and not room.make(follower):
+                    deferred.append(follower)  # every open file is still busy
+                    continue
+                merge.add(follower, follower.step(now, budget), now)
+                room.opened(follower)
+        # Those stepped since are drained and can make room now.  A follower still
+        # without room stays dirty: it goes first once a rotation timer or a read
+        # budget (both of which wake the loop) frees a file.
+        for follower in deferred:
+            if room.make(follower):
                 merge.add(follower, follower.step(now, budget), now)
                 room.opened(follower)
         for follower in gone:
@@ -2456,10 +2465,13 @@ class _Room:
         if follower.holds_file and follower not in self.queue:
             self.queue.append(follower)
             self.open += 1
-        self.make(None)
+        self.make(None)  # (a file that cannot be parked yet waits for _park_idle)
 
-    def make(self, keep: _Follower | None) -> None:
-        """Park idle files until one more may be opened (or ``keep``'s fits)."""
+    def make(self, keep: _Follower | None) -> bool:
+        """Park idle files until one more may be opened (or ``keep``'s fits).
+
+        False if too many files are busy (unread data, a rotation timer) to park.
+        """
         want = self.limit - (1 if keep is not None else 0)
         skipped: list[_Follower] = []
         while self.open > want and self.queue:
@@ -2472,6 +2484,7 @@ class _Room:
             else:
                 skipped.append(follower)
         self.queue.extendleft(reversed(skipped))
+        return self.open <= want
 
 
 def source_key(source: LogSource) -> str:
