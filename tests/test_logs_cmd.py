@@ -958,11 +958,15 @@ def test_merge_window_orders_lines_across_containers(
         a = Runtime(tmp_path / "default_a_u1" / "c" / "0.log", t0=late)
         b = Runtime(tmp_path / "default_b_u2" / "c" / "0.log", t0=late)
         # Ready once it shows a line written after it started.
-        lines = follower.lines
-        while b"[a/c] ready" not in lines:
+        shown = follower.lines
+
+        def ready(shown: list[bytes] = shown) -> bool:
+            return b"[a/c] ready" in shown
+
+        while not ready():
             a.write(OUT, b"ready\n", t=late)
             with follower.cond:
-                follower.cond.wait_for(lambda lines=lines: b"[a/c] ready" in lines, 0.3)
+                follower.cond.wait_for(ready, 0.3)
         start = len(follower.lines)
         a.write(OUT, b"stamped second, written first\n", t=late + 2000)
         if window == "0":
@@ -970,7 +974,11 @@ def test_merge_window_orders_lines_across_containers(
         b.write(OUT, b"stamped first, written second\n", t=late + 1000)
         a.close()
         b.close()
-        follower.wait_for(lambda lines, start=start: len(lines) >= start + 2)
+
+        def both(lines: list[bytes], start: int = start) -> bool:
+            return len(lines) >= start + 2
+
+        follower.wait_for(both)
         follower.stop()
         results[window] = follower.lines[start:]
     # Held up to the window: the line stamped first comes first, though read last.
