@@ -34,8 +34,10 @@ __all__ = [
     "SYSTEMD_SCOPE_PREFIX",
     "CgroupDriver",
     "CgroupLayout",
+    "CgroupLimits",
     "CgroupMode",
     "CgroupMount",
+    "CgroupDetail",
     "CgroupStats",
     "CpuStats",
     "MemoryStats",
@@ -54,10 +56,14 @@ __all__ = [
     "parse_psi",
     "pod_cgroup_dir",
     "read_cpu",
+    "read_detail",
     "read_memory",
     "read_pids",
     "read_stats",
     "remove_cgroup",
+    "set_limits",
+    "shares_to_weight",
+    "working_set",
 ]
 
 SYSTEMD_SCOPE_PREFIX = "cri-rktlet"
@@ -142,6 +148,17 @@ class CgroupLayout:
             return self.unified.path_of(cgroup) if self.unified is not None else None
         mount = self.v1.get(controller)
         return mount.path_of(cgroup) if mount is not None else None
+
+    def controllers(self) -> frozenset[str] | None:
+        """The controllers a container's cgroup can use (None: the v2 root is unreadable).
+
+        On a hybrid host runc puts every limit in the v1 hierarchies, so only those
+        count, even when the unified mount offers a controller v1 left unmounted.
+        """
+        if self.mode is not CgroupMode.V2:
+            return frozenset(name for name in self.v1 if not name.startswith("name="))
+        text = _read_text(self.unified.mountpoint if self.unified else None, "cgroup.controllers")
+        return frozenset(text.split()) if text is not None else None
 
     def unified_path(self, cgroup: str) -> str | None:
         return self.unified.path_of(cgroup) if self.unified is not None else None
@@ -531,6 +548,128 @@ def read_stats(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class CgroupDetail:
+    """The rest of what cAdvisor reports of a cgroup, read for the CRI metrics.
+
+    ``values`` holds what the host has, by these keys (times in ns, sizes in bytes):
+    ``cpu_user``, ``cpu_system``, ``cfs_periods``, ``cfs_throttled_periods``,
+    ``cfs_throttled``, ``memory_cache``, ``memory_mapped_file``, ``memory_max_usage``,
+    ``memory_failcnt``, ``spec_cpu_period``, ``spec_cpu_quota``, ``spec_cpu_shares``,
+    ``spec_memory_reservation``, ``spec_memory_swap_limit``, ``threads``,
+    ``threads_max``.  ``io`` maps a device ("8:0") to ``read_bytes``, ``write_bytes``,
+    ``reads`` and ``writes``; ``pids`` are the cgroup's processes.
+    """
+
+    values: Mapping[str, int] = field(default_factory=dict)
+    io: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    pids: tuple[int, ...] = ()
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _put(values: dict[str, int], key: str, value: int | None) -> None:
+    if value is not None:
+        values[key] = value
+
+
+def _read_io_v1(directory: str | None) -> dict[str, dict[str, int]]:
+    io: dict[str, dict[str, int]] = {}
+    for name, unit in (("io_service_bytes", "bytes"), ("io_serviced", "")):
+        text = _read_text(directory, f"blkio.throttle.{name}_recursive")
+        if text is None:
+            text = _read_text(directory, f"blkio.throttle.{name}") or ""
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) != 3 or parts[1] not in ("Read", "Write") or not parts[2].isdigit():
+                continue
+            key = ("read" if parts[1] == "Read" else "write") + ("_bytes" if unit else "s")
+            io.setdefault(parts[0], {})[key] = int(parts[2])
+    return io
+
+
+def _read_io_v2(directory: str | None) -> dict[str, dict[str, int]]:
+    keys = {"rbytes": "read_bytes", "wbytes": "write_bytes", "rios": "reads", "wios": "writes"}
+    io: dict[str, dict[str, int]] = {}
+    for line in (_read_text(directory, "io.stat") or "").splitlines():
+        device, *pairs = line.split()
+        for pair in pairs:
+            key, _, value = pair.partition("=")
+            if key in keys and value.isdigit():
+                io.setdefault(device, {})[keys[key]] = int(value)
+    return io
+
+
+def read_detail(cgroup: str, layout: CgroupLayout) -> CgroupDetail:
+    """:class:`CgroupDetail` of ``cgroup`` (a :func:`cgroup_dir` path)."""
+    values: dict[str, int] = {}
+    if layout.mode is CgroupMode.V2:
+        directory = layout.unified_path(cgroup)
+        cpu = _read_keyed(directory, "cpu.stat") or {}
+        for key, ours in (("user_usec", "cpu_user"), ("system_usec", "cpu_system")):
+            _put(values, ours, cpu[key] * 1000 if key in cpu else None)
+        _put(values, "cfs_periods", cpu.get("nr_periods"))
+        _put(values, "cfs_throttled_periods", cpu.get("nr_throttled"))
+        throttled = cpu.get("throttled_usec")
+        _put(values, "cfs_throttled", throttled * 1000 if throttled is not None else None)
+        quota, _, period = (_read_text(directory, "cpu.max") or "").strip().partition(" ")
+        if period.isdigit():
+            values["spec_cpu_period"] = int(period)
+            if quota.isdigit():
+                values["spec_cpu_quota"] = int(quota)
+        weight = _read_int(directory, "cpu.weight")
+        if weight is not None:
+            # cAdvisor reports v2 weights as the v1 shares they stand for.
+            values["spec_cpu_shares"] = 2 + (weight - 1) * 262142 // 9999
+        memory = _read_keyed(directory, "memory.stat") or {}
+        _put(values, "memory_cache", memory.get("file"))
+        _put(values, "memory_mapped_file", memory.get("file_mapped"))
+        _put(values, "memory_max_usage", _read_int(directory, "memory.peak"))
+        _put(values, "spec_memory_reservation", _limit(_read_int(directory, "memory.high")))
+        _put(values, "spec_memory_swap_limit", _limit(_read_int(directory, "memory.swap.max")))
+        io = _read_io_v2(directory)
+    else:
+        acct = layout.controller_path("cpuacct", cgroup)
+        user, system = _read_int(acct, "cpuacct.usage_user"), _read_int(acct, "cpuacct.usage_sys")
+        if user is None or system is None:
+            ticks = _read_keyed(acct, "cpuacct.stat") or {}
+            scale = 1_000_000_000 // _CLOCK_TICKS
+            user = ticks["user"] * scale if "user" in ticks else None
+            system = ticks["system"] * scale if "system" in ticks else None
+        _put(values, "cpu_user", user)
+        _put(values, "cpu_system", system)
+        cpu_dir = layout.controller_path("cpu", cgroup)
+        cpu = _read_keyed(cpu_dir, "cpu.stat") or {}
+        _put(values, "cfs_periods", cpu.get("nr_periods"))
+        _put(values, "cfs_throttled_periods", cpu.get("nr_throttled"))
+        _put(values, "cfs_throttled", cpu.get("throttled_time"))
+        _put(values, "spec_cpu_period", _read_int(cpu_dir, "cpu.cfs_period_us"))
+        cfs_quota = _read_int(cpu_dir, "cpu.cfs_quota_us")
+        if cfs_quota is not None and cfs_quota > 0:  # -1: no quota
+            values["spec_cpu_quota"] = cfs_quota
+        _put(values, "spec_cpu_shares", _read_int(cpu_dir, "cpu.shares"))
+        mem_dir = layout.controller_path("memory", cgroup)
+        memory = _read_keyed(mem_dir, "memory.stat") or {}
+        _put(values, "memory_cache", memory.get("total_cache", memory.get("cache")))
+        mapped = memory.get("total_mapped_file", memory.get("mapped_file"))
+        _put(values, "memory_mapped_file", mapped)
+        _put(values, "memory_max_usage", _read_int(mem_dir, "memory.max_usage_in_bytes"))
+        _put(values, "memory_failcnt", _read_int(mem_dir, "memory.failcnt"))
+        _put(
+            values,
+            "spec_memory_reservation",
+            _limit(_read_int(mem_dir, "memory.soft_limit_in_bytes")),
+        )
+        memsw = _limit(_read_int(mem_dir, "memory.memsw.limit_in_bytes"))
+        _put(values, "spec_memory_swap_limit", memsw)
+        io = _read_io_v1(layout.controller_path("blkio", cgroup))
+    pids_dir = layout.controller_path("pids", cgroup)
+    _put(values, "threads", _read_int(pids_dir, "pids.current"))
+    _put(values, "threads_max", _limit(_read_int(pids_dir, "pids.max")))
+    return CgroupDetail(values, io, tuple(cgroup_pids(cgroup, layout)))
+
+
 # --------------------------------------------------------------------------------- OOM
 
 
@@ -585,3 +724,77 @@ def remove_cgroup(cgroup: str, layout: CgroupLayout | None = None) -> list[str]:
         except OSError:
             left.append(path)
     return left
+
+
+# ------------------------------------------------------------------------------ limits
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupLimits:
+    """CPU and memory limits of a cgroup; None leaves (or reads as) no setting.
+
+    ``cpu_quota`` -1 means no quota.
+    """
+
+    cpu_shares: int | None = None
+    cpu_quota: int | None = None
+    cpu_period: int | None = None
+    memory_limit: int | None = None
+
+
+def shares_to_weight(shares: int) -> int:
+    """cgroup v1 cpu.shares (2..262144) as v2 cpu.weight (1..10000), as runc converts."""
+    shares = min(max(shares, 2), 262144)
+    return 1 + ((shares - 2) * 9999) // 262142
+
+
+def working_set(cgroup: str, layout: CgroupLayout) -> int | None:
+    """Memory the cgroup cannot give back without swap: usage less inactive file cache."""
+    stats = read_memory(cgroup, layout)
+    return stats.working_set_bytes if stats is not None else None
+
+
+def _write(directory: str, name: str, value: str) -> None:
+    with open(os.path.join(directory, name), "w", encoding="ascii") as f:
+        f.write(value)
+
+
+def set_limits(cgroup: str, layout: CgroupLayout, limits: CgroupLimits) -> None:
+    """Write ``limits`` to the cgroup's files (v1 controllers, or v2 on a v2 host).
+
+    A hybrid host keeps its limits in the v1 controllers, as runc does.  Raises OSError
+    (ENOENT when the cgroup or controller is missing, EBUSY from v1 when memory cannot
+    be reclaimed below a new limit).
+    """
+    if layout.mode is CgroupMode.V2:
+        directory = layout.unified_path(cgroup)
+        if directory is None:
+            raise OSError(errno.ENOENT, f"cgroup {cgroup}: no unified hierarchy")
+        if limits.cpu_shares is not None:
+            _write(directory, "cpu.weight", str(shares_to_weight(limits.cpu_shares)))
+        if limits.cpu_quota is not None or limits.cpu_period is not None:
+            current = (_read_text(directory, "cpu.max") or "max 100000").split()
+            quota = current[0] if limits.cpu_quota is None else str(limits.cpu_quota)
+            if quota == "-1":
+                quota = "max"
+            period = current[1] if limits.cpu_period is None else str(limits.cpu_period)
+            _write(directory, "cpu.max", f"{quota} {period}")
+        if limits.memory_limit is not None:
+            _write(directory, "memory.max", str(limits.memory_limit))
+        return
+    cpu = layout.controller_path("cpu", cgroup)
+    if cpu is not None:
+        if limits.cpu_shares is not None:
+            _write(cpu, "cpu.shares", str(limits.cpu_shares))
+        # The period first: a quota is checked against the period in force.
+        if limits.cpu_period is not None:
+            _write(cpu, "cpu.cfs_period_us", str(limits.cpu_period))
+        if limits.cpu_quota is not None:
+            _write(cpu, "cpu.cfs_quota_us", str(limits.cpu_quota))
+    memory = layout.controller_path("memory", cgroup)
+    if limits.memory_limit is not None and memory is not None:
+        memsw = _read_int(memory, "memory.memsw.limit_in_bytes")
+        if memsw is not None and memsw < limits.memory_limit:
+            # memory+swap may never be below memory: raise it first.
+            _write(memory, "memory.memsw.limit_in_bytes", str(limits.memory_limit))
+        _write(memory, "memory.limit_in_bytes", str(limits.memory_limit))

@@ -13,17 +13,28 @@ import contextlib
 import json
 import logging
 import os
+import posixpath
 import secrets
 import shutil
 import signal as signal_module
+from pathlib import Path
 from typing import Any
 
 from cri import validate
 from cri.api import api_pb2
-from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from cri.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unimplemented,
+)
 from cri.oci import spec as oci_spec
+from cri.oci import userns
+from cri.oci._securepath import resolve_in_root
 from cri.oci.image_config import ImageConfig
 from cri.runtime import CONTAINER_STATES, INFRA_APP, Runtime, labels_match
+from cri.sandboxes import pod_userns
 from cri.store import ContainerRecord, SandboxRecord, now_ns
 
 log = logging.getLogger("rktlet.containers")
@@ -52,6 +63,12 @@ def check_config(config: api_pb2.ContainerConfig) -> None:
         validate.absolute_path(mount.container_path, f"config.mounts[{i}].container_path")
         if mount.host_path:
             validate.absolute_path(mount.host_path, f"config.mounts[{i}].host_path")
+    security = config.linux.security_context
+    validate.group_has_user(
+        security.HasField("run_as_group"),
+        security.HasField("run_as_user") or bool(security.run_as_username),
+        "config.linux.security_context",
+    )
 
 
 # -- CreateContainer --------------------------------------------------------------------
@@ -121,9 +138,23 @@ async def _create(
     bundle = rt.bundle_dir(record.id)
     bundle.mkdir(parents=True, exist_ok=True)
     record.info["bundle"] = str(bundle)
-    rootfs = await asyncio.to_thread(rt.rootfs.create, record.id, record.image_id, False)
+    maps = pod_userns(sandbox)
+    userns_path = sandbox.info.get("userns_path") if maps is not None else None
+    if userns_path is not None and not os.path.exists(userns_path):
+        raise FailedPrecondition(f"pod_sandbox_id: the user namespace of pod {sandbox.id} is gone")
+    rootfs = await asyncio.to_thread(
+        rt.rootfs.create,
+        record.id,
+        record.image_id,
+        False,
+        userns=userns_path,
+        owner=(maps.root_uid, maps.root_gid) if maps is not None else None,
+    )
     record.info["rootfs"] = str(rootfs)
     rt.store.update_container(record)
+    sources = await asyncio.to_thread(_prepare_volumes, rt, record, config, maps, userns_path)
+    rt.store.update_container(record)
+    features = await rt.handler_features(sandbox.runtime_handler)
     cgroups_path = rt.cgroups_path(sandbox_config.linux.cgroup_parent, record.id)
     record.info["cgroups_path"] = cgroups_path
     state_dir = rt.pod_state_dir(sandbox.id)
@@ -135,6 +166,7 @@ async def _create(
         ipc=None if ns.ipc == api_pb2.NamespaceMode.NODE else f"{proc_ns}/ipc",
         uts=None if ns.network == api_pb2.NamespaceMode.NODE else f"{proc_ns}/uts",
         pid=f"{proc_ns}/pid" if ns.pid == api_pb2.NamespaceMode.POD else None,
+        user=userns_path,
     )
     spec = oci_spec.build_container_spec(
         config,
@@ -152,6 +184,9 @@ async def _create(
             hosts_path=str(state_dir / "hosts"),
             hostname_path=str(state_dir / "hostname"),
             image_name=record.image,
+            userns=maps,
+            volume_sources=sources,
+            rro_unsupported=features.rro_reason,
         ),
         warn=lambda message: log.warning("container %s: %s", record.id, message),
     )
@@ -180,8 +215,69 @@ async def _create(
         "add", app=record.id, oci=oci, stdin_once=config.stdin_once, **fields
     )
     record.info["pid"] = created.get("pid", 0)
+    record.info["user"] = _initial_user(record.info["pid"], record.id, spec["process"]["user"])
     record.state = "created"
     rt.store.update_container(record)
+
+
+def _prepare_volumes(
+    rt: Runtime,
+    record: ContainerRecord,
+    config: api_pb2.ContainerConfig,
+    maps: userns.UsernsConfig | None,
+    userns_path: str | None,
+) -> dict[int, str]:
+    """Mount what the daemon provides for volumes: images, idmapped host paths.
+
+    Returns the host path runc should bind for each such mount, by index.  Everything
+    is mounted below the container's rootfs directory, which removal (and the rollback
+    of a failed create) unmounts as a whole.
+    """
+    sources: dict[int, str] = {}
+    image_ids: dict[str, str] = record.info.setdefault("image_volumes", {})
+    for i, mount in enumerate(config.mounts):
+        field = f"config.mounts[{i}]"
+        if mount.image.image:
+            if mount.host_path:
+                raise InvalidArgument(f"{field}.host_path: must be empty for an image volume")
+            target, image_id = rt.rootfs.mount_image(
+                record.id, i, mount.image.image, userns=userns_path
+            )
+            image_ids[str(i)] = image_id
+            rt.store.update_container(record)  # RemoveImage now sees the volume
+            sources[i] = str(target)
+            if mount.image_sub_path:
+                sources[i] = _image_sub_path(target, mount.image_sub_path, field)
+            continue
+        wanted = userns.mount_maps(mount, field)
+        if wanted is None:
+            continue
+        if not os.path.exists(mount.host_path):
+            raise InvalidArgument(f"{field}.host_path: {mount.host_path} does not exist")
+        if wanted == maps and userns_path is not None:
+            sources[i] = str(rt.rootfs.idmapped_volume(record.id, i, mount.host_path, userns_path))
+            continue
+        # Maps other than the pod's: a namespace of their own, just for the mapping.
+        pin = rt.rootfs.dir / record.id / f"userns-{i}"
+        userns.create_pod_namespaces(wanted, pin)
+        try:
+            sources[i] = str(rt.rootfs.idmapped_volume(record.id, i, mount.host_path, str(pin)))
+        finally:
+            userns.remove_pin(pin)
+    return sources
+
+
+def _image_sub_path(root: Path, sub_path: str, field: str) -> str:
+    """The directory or file ``sub_path`` names inside a mounted image volume."""
+    clean = posixpath.normpath("/" + sub_path)
+    if sub_path.startswith("/") or ".." in sub_path.split("/"):
+        raise InvalidArgument(f"{field}.image_sub_path: {sub_path!r} must be relative, no '..'")
+    try:
+        return resolve_in_root(root, clean)
+    except OSError as exc:
+        raise InvalidArgument(
+            f"{field}.image_sub_path: {sub_path!r} is not in the image ({exc.strerror})"
+        ) from exc
 
 
 async def rollback_container(rt: Runtime, record: ContainerRecord) -> None:
@@ -238,12 +334,18 @@ def _signal_number(name: str) -> int:
 
 
 async def stop(rt: Runtime, request: api_pb2.StopContainerRequest) -> Any:
-    record = rt.container(request.container_id)
+    validate.required_id(request.container_id, "container_id")
     if request.timeout < 0:
         raise InvalidArgument("timeout: must not be negative")
+    try:
+        record = rt.container(request.container_id)
+    except NotFound:
+        # Idempotent, as the CRI asks: the kubelet stops again containers already gone.
+        return api_pb2.StopContainerResponse()
     async with rt.lock(record.id):
-        record = rt.store.get_container(record.id) or record
-        await stop_record(rt, record, timeout=request.timeout)
+        fresh = rt.store.get_container(record.id)
+        if fresh is not None:
+            await stop_record(rt, fresh, timeout=request.timeout)
     return api_pb2.StopContainerResponse()
 
 
@@ -337,7 +439,49 @@ def container_status_proto(rt: Runtime, record: ContainerRecord) -> api_pb2.Cont
     )
     if config.HasField("linux") and config.linux.HasField("resources"):
         status.resources.linux.CopyFrom(config.linux.resources)
+    for index, image_id in record.info.get("image_volumes", {}).items():
+        # The image a volume mounts, by id; what the client asked for stays beside it.
+        image = status.mounts[int(index)].image
+        if image.image != image_id:
+            image.user_specified_image = image.user_specified_image or image.image
+            image.image = image_id
+    user = record.info.get("user")
+    if user:
+        status.user.linux.uid, status.user.linux.gid = user[0], user[1]
+        status.user.linux.supplemental_groups.extend(user[2])
     return status
+
+
+def _initial_user(pid: int, container_id: str, given: dict[str, Any]) -> list[Any]:
+    """[uid, gid, groups] the created container's process holds, for ContainerStatus.
+
+    Read from the kernel once runc has created the container: its init has switched to
+    the container's identity and waits to exec the app, so this is what the app starts
+    with ("initially attached", as the CRI puts it), whatever it does later.  The spec's
+    values stand in only if the process cannot be read.
+    """
+    identity = process_identity(pid, container_id) if pid else None
+    if identity is None:
+        groups = sorted({int(g) for g in given.get("additionalGids", [])})
+        return [int(given["uid"]), int(given["gid"]), groups]
+    return list(identity)
+
+
+def process_identity(pid: int, container_id: str) -> tuple[int, int, list[int]] | None:
+    """Real uid, gid and groups of ``pid`` from /proc, if it is still that container's."""
+    try:
+        with open(f"/proc/{pid}/cgroup", "rb") as f:
+            # A recycled pid would sit in another cgroup: ours are named by the id.
+            if container_id.encode() not in f.read():
+                return None
+        with open(f"/proc/{pid}/status", "rb") as f:
+            fields = dict(line.split(b":", 1) for line in f.read().splitlines() if b":" in line)
+        uid = int(fields[b"Uid"].split()[0])
+        gid = int(fields[b"Gid"].split()[0])
+        groups = sorted(int(g) for g in fields.get(b"Groups", b"").split())
+    except (OSError, KeyError, ValueError):
+        return None
+    return uid, gid, groups
 
 
 async def status(rt: Runtime, request: api_pb2.ContainerStatusRequest) -> Any:
@@ -387,9 +531,12 @@ async def list_(rt: Runtime, request: api_pb2.ListContainersRequest) -> Any:
 
 
 async def update_resources(rt: Runtime, request: api_pb2.UpdateContainerResourcesRequest) -> Any:
+    """Change a running container's cgroup limits in place (``runc update``).
+
+    A memory limit below what the container uses is refused rather than applied: the
+    kernel would OOM-kill the app to meet it.
+    """
     record = rt.container(request.container_id)
-    if record.state not in ("created", "running"):
-        raise FailedPrecondition(f"container_id: container {record.id} is {record.state}")
     if not request.HasField("linux"):
         return api_pb2.UpdateContainerResourcesResponse()
     from cri.oci.host import detect_host
@@ -397,13 +544,38 @@ async def update_resources(rt: Runtime, request: api_pb2.UpdateContainerResource
     from cri.oci.runc import Runc
 
     resources = linux_resources(request.linux, detect_host(), field="linux")
-    binary = rt.config.handler_binary(rt.sandbox(record.sandbox_id).runtime_handler)
-    await Runc(rt.runc_root, binary=binary).update(record.id, resources)
-    config = api_pb2.ContainerConfig.FromString(record.config)
-    config.linux.resources.CopyFrom(request.linux)
-    record.config = config.SerializeToString()
-    rt.store.update_container_config(record)
+    async with rt.lock(record.id):
+        record = rt.store.get_container(record.id) or record
+        if record.state not in ("created", "running"):
+            raise FailedPrecondition(f"container_id: container {record.id} is {record.state}")
+        cgroups_path = record.info.get("cgroups_path", "")
+        if cgroups_path:
+            rt.check_memory_limit(
+                rt.cgroup_dir(cgroups_path), request.linux.memory_limit_in_bytes, "linux"
+            )
+        binary = rt.config.handler_binary(rt.sandbox(record.sandbox_id).runtime_handler)
+        await Runc(rt.runc_root, binary=binary).update(record.id, resources)
+        config = api_pb2.ContainerConfig.FromString(record.config)
+        config.linux.resources.CopyFrom(request.linux)
+        record.config = config.SerializeToString()
+        rt.store.update_container_config(record)
     return api_pb2.UpdateContainerResourcesResponse()
+
+
+async def checkpoint(rt: Runtime, request: api_pb2.CheckpointContainerRequest) -> Any:
+    """CheckpointContainer: refused with the reason CRIU gives on this node."""
+    from cri.oci.features import criu_unavailable
+
+    record = rt.container(request.container_id)
+    if record.state != "running":
+        raise FailedPrecondition(f"container_id: container {record.id} is not running")
+    reason = await asyncio.to_thread(criu_unavailable)
+    if reason:
+        raise FailedPrecondition(f"container_id: cannot checkpoint {record.id}: {reason}")
+    raise Unimplemented(
+        "CheckpointContainer: CRIU works on this node, but rktlet does not write checkpoint "
+        "archives"
+    )
 
 
 async def reopen_log(rt: Runtime, request: api_pb2.ReopenContainerLogRequest) -> Any:

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from cri import cgroups
 from cri.api import api_pb2
 from cri.config import Config, images_document
-from cri.errors import InvalidArgument, NotFound, Unavailable
+from cri.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from cri.events import EventHub
 from cri.images.config import load_images_config
 from cri.images.manager import ImageManager
@@ -31,6 +31,7 @@ from cri.images.store import ImageStore
 from cri.monitors import MonitorConnection
 from cri.network.cni import CNINetwork
 from cri.oci.exec_helper import ExecHelper
+from cri.oci.features import HandlerFeatures, detect_features
 from cri.store import ContainerRecord, SandboxRecord, Store
 
 log = logging.getLogger("rktlet.runtime")
@@ -65,6 +66,7 @@ class Runtime:
             self.image_store, load_images_config({"images": images_document(config)})
         )
         self.rootfs = RootfsManager(self.image_store, self.root / "rootfs")
+        self.images.in_use = self.image_volume_user
         self.image_service = ImageService(self.images, self.root / "rootfs")
         self.network = CNINetwork(
             state_dir=str(self.root / "cni"),
@@ -89,6 +91,9 @@ class Runtime:
         self.streaming: Any = None
         #: Runs every exec (ExecSync and streaming) without an interpreter start each.
         self.exec_helper = ExecHelper(str(self.run_dir / "exec-helper.sock"))
+        #: Probed features per OCI runtime binary (they do not change while we run).
+        self._features: dict[str, HandlerFeatures] = {}
+        self._features_lock = asyncio.Lock()
 
     # -- paths -----------------------------------------------------------------
 
@@ -112,6 +117,10 @@ class Runtime:
     def cgroups_path(self, cgroup_parent: str, object_id: str) -> str:
         """``linux.cgroupsPath`` of a pod's infra container or of a container."""
         return cgroups.cgroups_path(cgroup_parent, object_id, self.cgroup_driver)
+
+    def userns_pin(self, sandbox_id: str) -> Path:
+        """Where a pod's user namespace is pinned (pods with ``hostUsers: false``)."""
+        return self.run_dir / "userns" / sandbox_id
 
     def cgroup_dir(self, cgroups_path: str) -> str:
         return cgroups.cgroup_dir(cgroups_path, self.cgroup_driver)
@@ -144,6 +153,13 @@ class Runtime:
         return _lookup(
             container_id, field, "container", self.store.get_container, self.store.find_containers
         )
+
+    def image_volume_user(self, image_id: str) -> str | None:
+        """A container that mounts image ``image_id`` as a volume (RemoveImage refuses)."""
+        for record in self.store.list_containers():
+            if image_id in record.info.get("image_volumes", {}).values():
+                return record.id
+        return None
 
     def monitor(self, sandbox_id: str) -> MonitorConnection:
         connection = self.monitors.get(sandbox_id)
@@ -212,6 +228,37 @@ class Runtime:
         )
         self.events.publish(event)
 
+    # -- resources ----------------------------------------------------------------
+
+    def check_memory_limit(self, cgroup_dir: str, limit: int, field: str) -> None:
+        """Refuse a memory limit below what the cgroup uses and cannot give back.
+
+        Lowering it there would make the kernel OOM-kill the app (v2) or fail with EBUSY
+        after reclaiming what it could (v1); the caller should say no first instead.
+        """
+        if limit <= 0:
+            return
+        in_use = cgroups.working_set(cgroup_dir, self.cgroup_layout)
+        if in_use is not None and limit < in_use:
+            raise FailedPrecondition(
+                f"{field}.memory_limit_in_bytes: {limit} is below the {in_use} bytes in use "
+                f"(working set of cgroup {cgroup_dir}); lowering it would OOM-kill the app"
+            )
+
+    # -- features -----------------------------------------------------------------
+
+    async def handler_features(self, handler: str) -> HandlerFeatures:
+        """What the runtime handler ``handler`` supports on this node (probed once)."""
+        binary = self.config.handler_binary(handler)
+        async with self._features_lock:
+            found = self._features.get(binary)
+            if found is None:
+                found = await asyncio.to_thread(
+                    detect_features, binary, self.image_store.layers_dir, self.run_dir
+                )
+                self._features[binary] = found
+        return found
+
     # -- status -------------------------------------------------------------------
 
     async def status(self, verbose: bool) -> api_pb2.StatusResponse:
@@ -232,16 +279,22 @@ class Runtime:
             ),
         ]
         response = api_pb2.StatusResponse(status=api_pb2.RuntimeStatus(conditions=conditions))
-        for name, binary in self.config.handlers().items():
+        missing: dict[str, dict[str, str]] = {}
+        for name in self.config.handlers():
+            features = await self.handler_features(name)
+            missing[name] = {
+                "recursiveReadOnlyMounts": features.rro_reason,
+                "userNamespaces": features.userns_reason,
+            }
             response.runtime_handlers.append(
                 api_pb2.RuntimeHandler(
                     name=name,
                     features=api_pb2.RuntimeHandlerFeatures(
-                        recursive_read_only_mounts=False, user_namespaces=False
+                        recursive_read_only_mounts=features.recursive_read_only,
+                        user_namespaces=features.user_namespaces,
                     ),
                 )
             )
-            del binary
         response.features.supplemental_groups_policy = True
         if verbose:
             import json
@@ -255,6 +308,8 @@ class Runtime:
                     "cniConfDir": self.config.cni_conf_dir,
                 }
             )
+            # Why a handler lacks a feature ("" where it has it).
+            response.info["featuresMissing"] = json.dumps(missing, sort_keys=True)
         return response
 
     # -- start and stop -------------------------------------------------------------

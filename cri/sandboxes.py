@@ -21,16 +21,20 @@ import os
 import secrets
 import shutil
 import socket
+import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from cri import validate
+from cri import cgroups, validate
 from cri.api import api_pb2
-from cri.errors import AlreadyExists, InvalidArgument, NotFound, Unimplemented
+from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from cri.monitors import start_monitor
 from cri.network import netns, podfiles
 from cri.oci import spec as oci_spec
+from cri.oci import userns
+from cri.oci.host import detect_host
+from cri.oci.resources import linux_resources
 from cri.runtime import INFRA_APP, Runtime, labels_match
 from cri.store import SandboxRecord, now_ns
 
@@ -55,6 +59,12 @@ def check_config(config: api_pb2.PodSandboxConfig) -> None:
         validate.absolute_path(config.log_directory, "config.log_directory")
     validate.mapping(dict(config.labels), "config.labels")
     validate.mapping(dict(config.annotations), "config.annotations")
+    security = config.linux.security_context
+    validate.group_has_user(
+        security.HasField("run_as_group"),
+        security.HasField("run_as_user"),
+        "config.linux.security_context",
+    )
     for i, mapping in enumerate(config.port_mappings):
         where = f"config.port_mappings[{i}]"
         if not 0 < mapping.container_port < 65536:
@@ -72,6 +82,7 @@ async def run(rt: Runtime, request: api_pb2.RunPodSandboxRequest) -> Any:
     config = request.config
     check_config(config)
     rt.config.handler_binary(request.runtime_handler)  # InvalidArgument if unknown
+    pod_userns = await _check_userns(rt, config, request.runtime_handler)
     meta = config.metadata
     existing = rt.store.sandbox_by_name(meta.namespace, meta.name, meta.uid, meta.attempt)
     if existing is not None:
@@ -92,6 +103,9 @@ async def run(rt: Runtime, request: api_pb2.RunPodSandboxRequest) -> Any:
         runtime_handler=request.runtime_handler,
         info={"run_dir": rt.pod_run_dir(sandbox_id)},
     )
+    if pod_userns is not None:
+        record.info["userns"] = pod_userns.to_json()
+        record.info["userns_path"] = str(rt.userns_pin(sandbox_id))
     try:
         rt.store.add_sandbox(record)
     except Exception as exc:  # the unique index: a concurrent RunPodSandbox won
@@ -106,6 +120,43 @@ async def run(rt: Runtime, request: api_pb2.RunPodSandboxRequest) -> Any:
             rt.forget_lock(sandbox_id)
             raise
     return api_pb2.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)
+
+
+async def _check_userns(
+    rt: Runtime, config: api_pb2.PodSandboxConfig, handler: str
+) -> userns.UsernsConfig | None:
+    """The pod's user namespace maps, once the handler and node are known to take them."""
+    field = "config.linux.security_context.namespace_options"
+    options = config.linux.security_context.namespace_options
+    pod_userns = userns.from_cri(options, field)
+    if pod_userns is None:
+        return None
+    if options.network == NODE:
+        raise InvalidArgument(
+            f"{field}.userns_options: a user namespace with the host network is not supported"
+        )
+    if config.linux.security_context.privileged:
+        raise InvalidArgument(f"{field}.userns_options: a privileged pod cannot have one")
+    features = await rt.handler_features(handler)
+    if not features.user_namespaces:
+        raise FailedPrecondition(
+            f"{field}.userns_options: runtime handler {handler!r} cannot run user namespaces "
+            f"on this node: {features.userns_reason}"
+        )
+    for directory in (rt.root, *rt.root.parents):
+        # runc's init finds the root filesystem as the pod's root, nobody on the host.
+        if not directory.stat().st_mode & stat.S_IXOTH:
+            raise FailedPrecondition(
+                f"{field}.userns_options: {directory} must be searchable by others (o+x) for "
+                "pods with a user namespace to reach their root filesystems"
+            )
+    return pod_userns
+
+
+def pod_userns(record: SandboxRecord) -> userns.UsernsConfig | None:
+    """The maps of the pod's user namespace, None when it uses the host's."""
+    doc = record.info.get("userns")
+    return userns.UsernsConfig.from_json(doc) if doc else None
 
 
 async def _unwind(undo: list[Undo], sandbox_id: str) -> None:
@@ -129,8 +180,11 @@ async def _create(
         shutil.rmtree(state_dir, ignore_errors=True)
 
     undo.append(remove_state_dir)
-    hostname = config.hostname or (socket.gethostname() if host_network else config.metadata.name)
-    podfiles.validate_hostname(hostname)
+    if config.hostname:
+        podfiles.validate_hostname(config.hostname, "config.hostname")
+    # Empty means the node's host name, as containerd does; the pod's name never stands
+    # in for it (crictl's generated pod names are longer than a host name may be).
+    hostname = config.hostname or socket.gethostname()
     podfiles.validate_dns_config(config.dns_config if config.HasField("dns_config") else None)
     record.info.update(host_network=host_network, hostname=hostname, ip="", additional_ips=[])
 
@@ -153,8 +207,22 @@ async def _create(
         shutil.rmtree(run_dir, ignore_errors=True)
 
     undo.append(stop_monitor)
+    maps = pod_userns(record)
+    if maps is not None:
+        # Before the network namespace: that one must belong to the user namespace.
+        user_pin = rt.userns_pin(sandbox_id)
+
+        async def drop_userns() -> None:
+            await asyncio.to_thread(userns.remove_pin, user_pin)
+
+        undo.append(drop_userns)
     if not host_network:
-        netns_path = await asyncio.to_thread(netns.create_netns, rt.run_dir, sandbox_id)
+        if maps is not None:
+            netns_path = netns.netns_path(rt.run_dir, sandbox_id)
+            await asyncio.to_thread(userns.create_pod_namespaces, maps, user_pin, netns_path)
+            await asyncio.to_thread(netns.run_in_netns, netns_path, netns.bring_up_loopback)
+        else:
+            netns_path = await asyncio.to_thread(netns.create_netns, rt.run_dir, sandbox_id)
         record.info["netns"] = str(netns_path)
 
         async def drop_netns() -> None:
@@ -192,6 +260,11 @@ async def _create(
         dns_config=config.dns_config if config.HasField("dns_config") else None,
         host_network=host_network,
     )
+    if maps is not None:
+        # The pod's root may rewrite them, as it may elsewhere.
+        for name in ("resolv.conf", "hosts", "hostname"):
+            with contextlib.suppress(FileNotFoundError):
+                os.chown(state_dir / name, maps.root_uid, maps.root_gid)
 
     # The monitor: one per pod, detached; it outlives this daemon.
     record.info["monitor_pid"] = await monitor_start
@@ -210,6 +283,8 @@ async def _create(
             sandbox_id=sandbox_id,
             cgroups_path=cgroups_path,
             network_ns=record.info.get("netns") or None,
+            userns=maps,
+            userns_path=record.info.get("userns_path"),
         ),
         warn=lambda message: log.warning("pod %s: %s", sandbox_id, message),
     )
@@ -306,6 +381,9 @@ async def _teardown(rt: Runtime, record: SandboxRecord, *, remove: bool) -> None
             log.warning("pod %s: CNI teardown: %s", record.id, exc)
         await asyncio.to_thread(netns.remove_netns, netns_path)
         record.info["network_down"] = True
+    if record.info.get("userns_path"):
+        # Once nothing of the pod runs: joining it is all it was kept for.
+        await asyncio.to_thread(userns.remove_pin, record.info["userns_path"])
     if remove:
         if connection is not None and not connection.closed:
             with contextlib.suppress(Exception):
@@ -342,7 +420,11 @@ def sandbox_status_proto(rt: Runtime, record: SandboxRecord) -> api_pb2.PodSandb
         linux=api_pb2.LinuxPodSandboxStatus(
             namespaces=api_pb2.Namespace(
                 options=api_pb2.NamespaceOption(
-                    network=ns.network, pid=ns.pid, ipc=ns.ipc, target_id=ns.target_id
+                    network=ns.network,
+                    pid=ns.pid,
+                    ipc=ns.ipc,
+                    target_id=ns.target_id,
+                    userns_options=ns.userns_options if ns.HasField("userns_options") else None,
                 )
             )
         ),
@@ -405,8 +487,50 @@ async def list_(rt: Runtime, request: api_pb2.ListPodSandboxRequest) -> Any:
     return api_pb2.ListPodSandboxResponse(items=items)
 
 
-async def update_resources(rt: Runtime, request: Any) -> Any:
-    raise Unimplemented(
-        "UpdatePodSandboxResources: in-place pod resize is not supported; "
-        "container resources can be changed with UpdateContainerResources"
+def _pod_limits(request: api_pb2.UpdatePodSandboxResourcesRequest) -> cgroups.CgroupLimits:
+    """The pod cgroup's limits: the containers' sum plus the pod's overhead, as the kubelet."""
+    res, extra = request.resources, request.overhead
+    return cgroups.CgroupLimits(
+        cpu_shares=res.cpu_shares + extra.cpu_shares if res.cpu_shares else None,
+        cpu_quota=res.cpu_quota + max(extra.cpu_quota, 0) if res.cpu_quota > 0 else None,
+        cpu_period=res.cpu_period or extra.cpu_period or None,
+        memory_limit=res.memory_limit_in_bytes + extra.memory_limit_in_bytes
+        if res.memory_limit_in_bytes
+        else None,
     )
+
+
+async def update_resources(rt: Runtime, request: api_pb2.UpdatePodSandboxResourcesRequest) -> Any:
+    """In-place pod resize: record the pod's new resources and apply them to its cgroup.
+
+    The kubelet calls this after it has resized the pod cgroup itself, so writing the
+    same limits again changes nothing then; a CRI client without a kubelet gets its pod
+    cgroup (``linux.cgroup_parent``) resized here.  A pod with no cgroup of its own (no
+    parent given: its containers sit under rktlet's shared parent) only records them.
+    """
+    validate.required_id(request.pod_sandbox_id, "pod_sandbox_id")
+    record = rt.sandbox(request.pod_sandbox_id)
+    host = detect_host()
+    for name in ("overhead", "resources"):
+        if request.HasField(name):
+            linux_resources(getattr(request, name), host, field=name)
+    async with rt.lock(record.id):
+        record = rt.store.get_sandbox(record.id) or record
+        if record.state != "ready":
+            raise FailedPrecondition(f"pod_sandbox_id: pod {record.id} is not ready")
+        config = api_pb2.PodSandboxConfig.FromString(record.config)
+        limits = _pod_limits(request)
+        if config.linux.cgroup_parent and limits != cgroups.CgroupLimits():
+            directory = cgroups.pod_cgroup_dir(config.linux.cgroup_parent, rt.cgroup_driver)
+            if limits.memory_limit is not None:
+                rt.check_memory_limit(directory, limits.memory_limit, "resources")
+            try:
+                await asyncio.to_thread(cgroups.set_limits, directory, rt.cgroup_layout, limits)
+            except OSError as exc:
+                raise FailedPrecondition(f"resources: pod cgroup {directory}: {exc}") from exc
+        for name in ("overhead", "resources"):
+            if request.HasField(name):
+                getattr(config.linux, name).CopyFrom(getattr(request, name))
+        record.config = config.SerializeToString()
+        rt.store.update_sandbox_config(record)
+    return api_pb2.UpdatePodSandboxResourcesResponse()

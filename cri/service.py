@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 
 import grpc
 
-from cri import containers, execs, metrics, sandboxes, stats
+from cri import containers, execs, metrics, pod_metrics, sandboxes, stats
 from cri.api import api_pb2, api_pb2_grpc
-from cri.errors import Unimplemented, to_grpc_status
+from cri.errors import to_grpc_status
 from cri.images.service import ImageService
 from cri.runtime import RUNTIME_NAME, RUNTIME_VERSION, Runtime
 
@@ -180,9 +180,7 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):  # type: ignore[misc
         return await containers.reopen_log(self.rt, request)
 
     async def CheckpointContainer(self, request: Any, context: Any) -> Any:
-        raise Unimplemented(
-            "CheckpointContainer: checkpoint/restore (CRIU) is not supported by rktlet"
-        )
+        return await containers.checkpoint(self.rt, request)
 
     async def GetContainerEvents(
         self, request: Any, context: Any
@@ -223,10 +221,10 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):  # type: ignore[misc
         return await stats.list_pod_sandbox_stats(self.rt, request)
 
     async def ListMetricDescriptors(self, request: Any, context: Any) -> Any:
-        return api_pb2.ListMetricDescriptorsResponse()
+        return await pod_metrics.list_metric_descriptors(self.rt, request)
 
     async def ListPodSandboxMetrics(self, request: Any, context: Any) -> Any:
-        return api_pb2.ListPodSandboxMetricsResponse()
+        return await pod_metrics.list_pod_sandbox_metrics(self.rt, request)
 
 
 @instrument

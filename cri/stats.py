@@ -11,6 +11,7 @@ from typing import Any
 
 from cri import cgroups
 from cri.api import api_pb2
+from cri.network.netns import interface_counters
 from cri.runtime import Runtime, labels_match
 from cri.store import ContainerRecord, SandboxRecord, now_ns
 
@@ -74,11 +75,12 @@ def container_stats_proto(rt: Runtime, record: ContainerRecord) -> api_pb2.Conta
             result.memory.CopyFrom(memory)
     rootfs = record.info.get("rootfs", "")
     if rootfs:
-        result.writable_layer.CopyFrom(_writable_layer(rt, record))
+        result.writable_layer.CopyFrom(writable_layer_usage(rt, record))
     return result
 
 
-def _writable_layer(rt: Runtime, record: ContainerRecord) -> api_pb2.FilesystemUsage:
+def writable_layer_usage(rt: Runtime, record: ContainerRecord) -> api_pb2.FilesystemUsage:
+    """Bytes and inodes of the container's writable layer (its overlay upper dir)."""
     upper = rt.rootfs.dir / record.id / "upper"
     used, inodes = 0, 0
     for directory, dirs, files in _walk(upper):
@@ -137,6 +139,9 @@ def pod_stats_proto(rt: Runtime, record: SandboxRecord) -> api_pb2.PodSandboxSta
         )
     )
     linux = result.linux
+    # Always there, even empty: the kubelet (PodAndContainerStatsFromCRI) reads
+    # linux.containers of every pod without checking that linux is set.
+    linux.SetInParent()
     if record.state == "ready":
         # The pod's figures: the pod cgroup when the kubelet gave one, else the sum
         # of what runs in it (infra container + containers).
@@ -153,6 +158,17 @@ def pod_stats_proto(rt: Runtime, record: SandboxRecord) -> api_pb2.PodSandboxSta
                 linux.memory.CopyFrom(memory)
         for container in containers:
             linux.containers.append(container_stats_proto(rt, container))
+        netns = record.info.get("netns")
+        if netns:
+            network = _network(str(netns))
+            if network is not None:
+                linux.network.CopyFrom(network)
+        infra = record.info.get("cgroups_path", "")
+        cgroup_dirs = [rt.cgroup_dir(p) for p in (infra, *_paths(containers)) if p]
+        linux.process.timestamp = now_ns()
+        linux.process.process_count.value = sum(
+            len(cgroups.cgroup_pids(d, rt.cgroup_layout)) for d in cgroup_dirs
+        )
         if not parent and linux.containers:
             linux.cpu.timestamp = now_ns()
             linux.cpu.usage_core_nano_seconds.value = sum(
@@ -163,6 +179,33 @@ def pod_stats_proto(rt: Runtime, record: SandboxRecord) -> api_pb2.PodSandboxSta
                 c.memory.working_set_bytes.value for c in linux.containers
             )
     return result
+
+
+def _paths(containers: list[ContainerRecord]) -> list[str]:
+    return [c.info.get("cgroups_path", "") for c in containers]
+
+
+def _network(netns: str) -> api_pb2.NetworkUsage | None:
+    """The pod's interfaces; the default one is eth0, the one CNI made."""
+    try:
+        counters = interface_counters(netns)
+    except OSError:
+        return None  # gone with its pod meanwhile
+    usage = api_pb2.NetworkUsage(timestamp=now_ns())
+    for name, c in sorted(counters.items()):
+        if name == "lo":
+            continue
+        interface = api_pb2.NetworkInterfaceUsage(
+            name=name,
+            rx_bytes=_u64(c.rx_bytes),
+            rx_errors=_u64(c.rx_errors),
+            tx_bytes=_u64(c.tx_bytes),
+            tx_errors=_u64(c.tx_errors),
+        )
+        usage.interfaces.append(interface)
+        if name == "eth0":
+            usage.default_interface.CopyFrom(interface)
+    return usage
 
 
 async def pod_sandbox_stats(rt: Runtime, request: api_pb2.PodSandboxStatsRequest) -> Any:

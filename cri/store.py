@@ -158,6 +158,10 @@ class Store:
                 (rec.state, json.dumps(rec.info), rec.id),
             )
 
+    def update_sandbox_config(self, rec: SandboxRecord) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE sandboxes SET config=? WHERE id=?", (rec.config, rec.id))
+
     def delete_sandbox(self, sandbox_id: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM containers WHERE sandbox_id=?", (sandbox_id,))

@@ -32,7 +32,7 @@ from typing import Any
 
 from cri.api import api_pb2
 from cri.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
-from cri.oci.runc import Runc, process_spec_for_exec, shell_exit_code
+from cri.oci.runc import Runc, log_message, process_spec_for_exec, shell_exit_code
 from cri.runtime import Runtime
 from iottymux import attachproto as proto
 from streaming import errors as streaming_errors
@@ -45,6 +45,9 @@ from streaming.server import Server
 log = logging.getLogger("rktlet.streaming")
 
 CHUNK = 1 << 16
+#: How long an attach goes on relaying output after the client's input ended (so the
+#: app's answer to its last input still arrives) before it ends.
+ATTACH_LINGER = 2.0
 
 
 class ContainerStreamingRuntime:
@@ -171,9 +174,19 @@ class ContainerStreamingRuntime:
                     os.close(fd)
 
     def _shim(
-        self, argv: list[str], pid_file: Path, *, stdin: int, stdout: int, stderr: int
+        self,
+        argv: list[str],
+        pid_file: Path,
+        *,
+        stdin: int,
+        stdout: int,
+        stderr: int,
+        started: asyncio.Event | None = None,
     ) -> Callable[[Callable[[], object]], Coroutine[Any, Any, int]]:
-        """Start runc exec --detach under the subreaper shim; await its exit code."""
+        """Start runc exec --detach under the subreaper shim; await its exit code.
+
+        ``started`` is set once runc has started the process.
+        """
 
         async def run(after_spawn: Callable[[], object]) -> int:
             # The daemon's exec helper runs runc and reaps the exec'd process; its
@@ -188,13 +201,21 @@ class ContainerStreamingRuntime:
                 os.close(null)
                 after_spawn()
             try:
-                status = await self.rt.exec_helper.result(sock)
+                status = await self.rt.exec_helper.result(sock, started)
             except asyncio.CancelledError:
                 _kill_pid_file(pid_file)
                 raise
             if "status" in status:
                 return shell_exit_code(int(status["status"]))
-            raise Unavailable(f"runc exec failed: {status}")
+            reason = str(status)
+            if "runc" in status:
+                # runc's own words (e.g. the command is not in the image) from its log.
+                with (
+                    contextlib.suppress(OSError),
+                    open(argv[argv.index("--log") + 1], encoding="utf-8", errors="replace") as f,
+                ):
+                    reason = log_message(f.read(), b"")
+            raise Unavailable(f"runc exec failed: {reason}")
 
         return run
 
@@ -227,7 +248,10 @@ class ContainerStreamingRuntime:
                 console_socket=console_path,
             )
             devnull = asyncio.subprocess.DEVNULL
-            run = self._shim(argv, pid_file, stdin=devnull, stdout=devnull, stderr=devnull)
+            started = asyncio.Event()
+            run = self._shim(
+                argv, pid_file, stdin=devnull, stdout=devnull, stderr=devnull, started=started
+            )
             waiter: asyncio.Task[int] = asyncio.create_task(run(lambda: None))
             tasks.append(waiter)
             accept = asyncio.create_task(loop.sock_accept(listener))
@@ -251,7 +275,13 @@ class ContainerStreamingRuntime:
             if resize_queue is not None:
                 tasks.append(asyncio.create_task(_apply_resizes(resize_queue, master)))
             if streams.stdin is not None:
-                tasks.append(asyncio.create_task(_feed_fd(streams.stdin, master, tty=True)))
+                # runc hands the terminal over before it starts the process; what the
+                # client typed meanwhile (crictl sends a NUL when its terminal goes
+                # raw with an EOF pending) would be echoed ahead of the process's
+                # output, or into a terminal whose process never ran.
+                tasks.append(
+                    asyncio.create_task(_feed_when(started, streams.stdin, master, tty=True))
+                )
             output = asyncio.create_task(_drain_fd(master, streams.stdout, close_fd=False))
             tasks.append(output)
             code = await waiter
@@ -275,6 +305,12 @@ class ContainerStreamingRuntime:
         record = self.rt.container(container_id)
         if record.state != "running":
             raise FailedPrecondition(f"container {record.id} is not running")
+        config = api_pb2.ContainerConfig.FromString(record.config)
+        # The end of the client's input ends the session, as containerd's does, unless it
+        # is the end of the app's input too (stdin_once without a tty: the monitor closes
+        # the app's stdin, and the session follows the app to its exit).  The app keeps
+        # running and its stdin stays open for the next attacher.
+        ends_with_input = streams.stdin is not None and not (config.stdin_once and not tty)
         app_dir = os.path.join(self.rt.pod_run_dir(record.sandbox_id), "apps", record.id)
         dir_fd = os.open(app_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
@@ -295,13 +331,26 @@ class ContainerStreamingRuntime:
             await writer.drain()
             decoder = proto.FrameDecoder(proto.SERVER_KINDS)
             frames: list[tuple[int, bytes]] = []
+            input_over: asyncio.Task[None] | None = None
             if streams.stdin is not None:
-                tasks.append(asyncio.create_task(_stdin_frames(streams.stdin, writer)))
+                input_ended = asyncio.Event()
+                tasks.append(asyncio.create_task(_stdin_frames(streams.stdin, writer, input_ended)))
+                if ends_with_input:
+                    input_over = asyncio.create_task(_linger_after(input_ended, ATTACH_LINGER))
+                    tasks.append(input_over)
             if resize_queue is not None and tty:
                 tasks.append(asyncio.create_task(_resize_frames(resize_queue, writer)))
             while True:
                 while not frames:
-                    data = await reader.read(1 << 18)
+                    if input_over is None:
+                        data = await reader.read(1 << 18)
+                    else:
+                        read = asyncio.ensure_future(reader.read(1 << 18))
+                        await asyncio.wait({read, input_over}, return_when=asyncio.FIRST_COMPLETED)
+                        if not read.done():
+                            read.cancel()
+                            return
+                        data = read.result()
                     if not data:
                         return
                     frames.extend(decoder.receive_data(data))
@@ -395,21 +444,32 @@ async def _feed_fd(stdin: Any, fd: int, *, tty: bool) -> None:
                 os.close(fd)
 
 
+async def _feed_when(started: asyncio.Event, stdin: Any, fd: int, *, tty: bool) -> None:
+    await started.wait()
+    await _feed_fd(stdin, fd, tty=tty)
+
+
 async def _apply_resizes(queue: ResizeQueue, fd: int) -> None:
     async for size in queue:
         with contextlib.suppress(OSError):
             fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", size.height, size.width, 0, 0))
 
 
-async def _stdin_frames(stdin: Any, writer: asyncio.StreamWriter) -> None:
+async def _stdin_frames(stdin: Any, writer: asyncio.StreamWriter, ended: asyncio.Event) -> None:
     try:
         while data := await stdin.read(CHUNK):
             writer.write(proto.encode(proto.STDIN, data))
             await writer.drain()
         writer.write(proto.encode(proto.STDIN_CLOSE))
         await writer.drain()
+        ended.set()
     except (ConnectionError, OSError):
         pass
+
+
+async def _linger_after(event: asyncio.Event, seconds: float) -> None:
+    await event.wait()
+    await asyncio.sleep(seconds)
 
 
 async def _resize_frames(queue: ResizeQueue, writer: asyncio.StreamWriter) -> None:

@@ -73,3 +73,13 @@ def mapping(values: dict[str, str], field: str) -> None:
         total += len(key) + len(value)
         if total > 1 << 20:
             raise InvalidArgument(f"{field}: larger than 1 MiB in total")
+
+
+def group_has_user(has_group: bool, has_user: bool, prefix: str) -> None:
+    """The CRI: run_as_group only with run_as_user (or run_as_username); else an error.
+
+    A group alone would otherwise apply to whatever user the image names, which the
+    pod's author did not choose (containerd refuses it too, for pods and containers).
+    """
+    if has_group and not has_user:
+        raise InvalidArgument(f"{prefix}.run_as_group: set without run_as_user or run_as_username")

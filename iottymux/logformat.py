@@ -375,15 +375,17 @@ class LineFramer:
         return last_start // limit
 
     def flush(self, timestamp: bytes) -> tuple[bytes, int]:
-        """End of stream: write an unfinished line as the final ``F`` record.
+        """End of stream: write an unfinished line as a last ``P`` record.
 
-        Readers then never wait for a line that cannot be finished (containerd
-        and conmon leave a dangling ``P``).
+        ``P`` says the app wrote no newline after these bytes, so every reader
+        (the kubelet, crictl, ``iottymux logs``) gives back exactly what the app
+        wrote; an ``F`` would make them add a newline it never wrote.  containerd
+        and conmon do the same.
         """
         if not self._pending:
             return b"", 0
         tail, self._pending = self._pending, b""
-        return timestamp + self._full + tail + b"\n", 1
+        return timestamp + self._partial + tail + b"\n", 1
 
 
 # ---------------------------------------------------------------------------

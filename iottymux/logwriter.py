@@ -36,13 +36,25 @@ DROP_ERRNOS = frozenset(
 )
 
 
-def open_log(path: str) -> int:
-    """Open (creating it and its directories) a CRI log file for appending."""
+def open_log(path: str) -> tuple[int, list[str]]:
+    """Open (creating it and its directories) a CRI log file for appending.
+
+    Returns the fd and what this call created — the file and its new parent
+    directories, deepest first — so that a failed container can take them back.
+    """
+    made: list[str] = []
     parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, mode=0o755, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, LOG_FILE_MODE)
-    return fd
+    while parent and not os.path.isdir(parent):
+        made.append(parent)
+        parent = os.path.dirname(parent)
+    if made:
+        os.makedirs(made[0], mode=0o755, exist_ok=True)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags | os.O_EXCL, LOG_FILE_MODE)
+    except FileExistsError:
+        return os.open(path, flags, LOG_FILE_MODE), made
+    return fd, [path, *made]
 
 
 class LogStats:
@@ -82,11 +94,11 @@ class LogStats:
 class LogFile:
     """An ``O_APPEND`` file written one batch at a time, dropping on failure."""
 
-    __slots__ = ("fd", "path", "stats")
+    __slots__ = ("created", "fd", "path", "stats")
 
     def __init__(self, path: str, stats: LogStats) -> None:
         self.path = path
-        self.fd = open_log(path)
+        self.fd, self.created = open_log(path)
         self.stats = stats
 
     def write(self, parts: Sequence[Buffer], size: int, records: int) -> bool:
@@ -159,7 +171,7 @@ class AppLog:
         return {**self.stats.as_dict(), "partial_splits": splits}
 
     def end_of_stream(self, stream: bytes) -> None:
-        """The stream hit EOF: write its unfinished line, if any, as ``F``."""
+        """The stream hit EOF: write its unfinished line, if any, as a last ``P``."""
         out, records = self.framers[stream].flush(self._clock.now())
         if records:
             self.file.write([out], len(out), records)
@@ -178,3 +190,19 @@ class AppLog:
 
     def close(self) -> None:
         self.file.close()
+
+    def discard(self) -> None:
+        """Close, and remove what opening the log created: the container never ran.
+
+        The kubelet counts a container's ``N.log`` files to derive restart counts, so
+        a failed create must leave none behind.  A file that was there before stays.
+        """
+        self.file.close()
+        for path in self.file.created:
+            try:
+                if path == self.file.path:
+                    os.unlink(path)
+                else:
+                    os.rmdir(path)
+            except OSError:
+                break  # something else put files there: leave it and its parents

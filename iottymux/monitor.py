@@ -22,8 +22,9 @@ The monitor is a child subreaper: an OCI runtime's container init is
 re-parented to it when ``runc`` exits, and orphans of the apps are reaped here.
 When an app's main process exits, the monitor drains its output to EOF (or to
 what is there, if a descendant still holds the pipe), writes the unfinished
-line, records the exit in the state file (write + fsync + rename), and only then
-answers waiters and subscribers.
+line (as a ``P`` record: the app wrote no newline), records the exit in the
+state file (write + fsync + rename), and only then answers waiters and
+subscribers.
 
 App life cycle::
 
@@ -236,6 +237,12 @@ class App:
             self.stdin_fd = -1
         if fd != self.pty_master:
             os.close(fd)
+
+    def discard_log(self) -> None:
+        """The app was never created: its log file goes (the kubelet counts them)."""
+        if self.log is not None:
+            self.log.discard()
+            self.log = None
 
     def close_stdio(self) -> None:
         self.close_console()
@@ -667,13 +674,16 @@ class Monitor:
                 log=self._log,
             )
         except OSError as exc:
+            app.discard_log()
             app.close_stdio()
             raise ControlError("Internal", f"cannot create the attach endpoint: {exc}") from None
         self.apps[name] = app
-        self._watch_outputs(app)
         if app.oci is not None:
+            # Until the runtime has created the container only the runtime itself can
+            # write to these pipes (its errors): they are not the app's output.
             self._oci_create(conn, rid, app)
             return None
+        self._watch_outputs(app)
         self._write_state()
         return {"app": name}
 
@@ -693,6 +703,7 @@ class Monitor:
                 argv, app.child_stdio, lambda status: self._oci_created(app, status, log_mark)
             )
         except SpawnError as exc:
+            app.discard_log()
             self._forget_app(app)
             raise ControlError("FailedPrecondition", f"oci.runtime: {exc.strerror}") from None
         app.pending = (conn, rid)
@@ -708,6 +719,7 @@ class Monitor:
         if status != 0 or (app.tty and master is None):
             if master is not None:
                 os.close(master)
+            app.discard_log()
             self._forget_app(app)
             self._runtime_failed(app, pending, "create", status, log_mark)
             return
@@ -718,7 +730,7 @@ class Monitor:
             self._log(f"{app.name}: no pid file from the runtime: {exc}")
         if master is not None:
             app.adopt_console(master)
-            self.loop.add_reader(master, functools.partial(self._read_once, app, app.outputs[-1]))
+        self._watch_outputs(app)
         app.close_child_ends()
         if app.pid:
             self._by_pid[app.pid] = app

@@ -15,7 +15,7 @@ packages=(python3 python3-venv python3-dev gcc util-linux procps iproute2 e2fspr
 test_packages=()
 if ((dev)); then
     # The peers the benchmarks measure against, and strace for their breakdowns.
-    test_packages=(docker-registry apache2-utils openssl containerd conmon strace)
+    test_packages=(docker-registry apache2-utils openssl containerd conmon strace criu)
 fi
 
 missing=()

@@ -103,9 +103,11 @@ def test_crlf_normalised_even_across_reads() -> None:
     ]
 
 
-def test_flush_writes_unfinished_line_as_final_f() -> None:
-    assert frame_every_way(b"a\nrest", flush=True) == [(b"F", b"a"), (b"F", b"rest")]
+def test_flush_writes_unfinished_line_as_a_last_p() -> None:
+    # No newline was written after "rest": P keeps readers from inventing one.
+    assert frame_every_way(b"a\nrest", flush=True) == [(b"F", b"a"), (b"P", b"rest")]
     assert frame(b"", flush=True) == []
+    assert frame(b"whole\n", flush=True) == [(b"F", b"whole")]
 
 
 @pytest.mark.parametrize("size", [16383, 16384, 16385, 1 << 20])

@@ -235,12 +235,13 @@ def test_orphans_of_an_app_are_reparented_and_reaped(
     with open(f"/proc/{orphan}/stat", "rb") as f:
         ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
     assert ppid == monitor.pid, "the monitor is the subreaper of its apps' descendants"
-    with open(fifo, "w") as release:
-        release.write("go\n")
     # The pidfd turns readable when the orphan dies; the monitor reaps it from
     # its loop on SIGCHLD.  By the third ping answered after that, the loop has
-    # gone round once entirely after the signal was pending.
+    # gone round once entirely after the signal was pending.  Opened before the
+    # release: once released, the orphan may be dead and reaped at once.
     pidfd = os.pidfd_open(orphan)
+    with open(fifo, "w") as release:
+        release.write("go\n")
     try:
         assert select.select([pidfd], [], [], 10)[0], "orphan did not exit"
     finally:

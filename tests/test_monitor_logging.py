@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -124,13 +125,25 @@ def test_invalid_utf8_nul_and_empty_lines_pass_through(
     assert b"stdout F \n" in log.read_bytes()
 
 
-def test_unfinished_last_line_is_closed_with_f(monitor: MonitorHandle, tmp_path: Path) -> None:
+def test_unfinished_last_line_is_a_p_and_reads_back_exactly(
+    monitor: MonitorHandle, tmp_path: Path
+) -> None:
     log = tmp_path / "0.log"
     monitor.run_app("nonl", ["printf", "first\\nno newline"], log_path=str(log))
+    # P: the app wrote no newline after these bytes (as containerd and conmon write it).
     assert [(r.partial, r.content) for r in records(log)] == [
         (False, b"first"),
-        (False, b"no newline"),
+        (True, b"no newline"),
     ]
+    # So `iottymux logs` (not following) gives back exactly what the app wrote.
+    out = subprocess.run(
+        [PY, "-m", "iottymux", "logs", str(log)],
+        capture_output=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+        timeout=60,
+    )
+    assert out.stdout == b"first\nno newline"
 
 
 def test_tty_output_is_stdout_with_crlf_normalised(monitor: MonitorHandle, tmp_path: Path) -> None:

@@ -143,6 +143,31 @@ def test_runtime_failure_leaves_nothing_behind(
     assert "no such file" in err.value.message.lower() or "not found" in err.value.message
     assert monitor.request("status")["apps"] == []
     assert not (monitor.run_dir / "apps" / "bad").exists()
+    # The kubelet counts N.log files for restart counts: a container that never ran
+    # has none, and the runtime's words went to the caller, not into a log.
+    assert not (tmp_path / "bad.log").exists()
+
+
+def test_failed_create_takes_back_the_log_directories_it_made(
+    monitor: MonitorHandle, tmp_path: Path, bundle_factory
+) -> None:
+    kept = tmp_path / "pod-logs" / "other.log"
+    kept.parent.mkdir()
+    kept.write_bytes(b"not ours\n")
+    oci = bundle_factory("ctr-bad2", ["/no/such/binary"])
+    with pytest.raises(ControlError):
+        monitor.request(
+            "add", app="bad", oci=oci, log_path=str(tmp_path / "pod-logs" / "ctr" / "0.log")
+        )
+    assert sorted(p.name for p in (tmp_path / "pod-logs").iterdir()) == ["other.log"]
+    assert kept.read_bytes() == b"not ours\n"
+    # A log file that existed before the create is the caller's: it stays, untouched.
+    existing = tmp_path / "pod-logs" / "1.log"
+    existing.write_bytes(b"earlier\n")
+    oci = bundle_factory("ctr-bad3", ["/no/such/binary"])
+    with pytest.raises(ControlError):
+        monitor.request("add", app="bad", oci=oci, log_path=str(existing))
+    assert existing.read_bytes() == b"earlier\n"
 
 
 def test_oci_request_errors_name_the_field(monitor: MonitorHandle, tmp_path: Path) -> None:

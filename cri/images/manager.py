@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from cri.errors import NotFound, RktletError
+from cri.errors import FailedPrecondition, NotFound, RktletError
 from cri.images.auth import Credentials
 from cri.images.config import ImagesConfig
 from cri.images.importer import import_archive
@@ -109,6 +109,8 @@ class ImageManager:
         self.store = store
         self.config = config or ImagesConfig()
         self.client = client or RegistryClient(self.config)
+        #: The id of a container that uses an image as a volume, if any (set by the runtime).
+        self.in_use: Callable[[str], str | None] = lambda image_id: None
         self._pulls: dict[tuple[str, Credentials], _PullJob] = {}
         self._blobs: dict[str, asyncio.Task[None]] = {}
         self._layers: dict[str, asyncio.Task[None]] = {}
@@ -335,6 +337,11 @@ class ImageManager:
         if found is None:
             return False
         record, how = found
+        user = self.in_use(record.id)
+        if user is not None:
+            raise FailedPrecondition(
+                f"{field_name}: image {image!r} is mounted as an image volume by container {user}"
+            )
         if how == "id":
             await asyncio.to_thread(self.store.delete_image, record.id)
         else:

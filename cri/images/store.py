@@ -593,12 +593,19 @@ class ImageStore:
             )
 
     def remove_rootfs(self, container_id: str) -> None:
+        """Forget a root filesystem and the image volumes (``<id>/...``) of its container."""
         with self._tx() as db:
-            db.execute("DELETE FROM rootfs WHERE container_id=?", (container_id,))
+            db.execute(
+                "DELETE FROM rootfs WHERE container_id=? OR substr(container_id, 1, ?)=?",
+                (container_id, len(container_id) + 1, container_id + "/"),
+            )
 
     def rootfs_ids(self) -> list[str]:
+        """Containers with a root filesystem (image volume rows, ``<id>/...``, excluded)."""
         with self._lock:
-            return [r[0] for r in self._db.execute("SELECT container_id FROM rootfs")]
+            return [
+                r[0] for r in self._db.execute("SELECT container_id FROM rootfs") if "/" not in r[0]
+            ]
 
     def rootfs_exists(self, container_id: str) -> bool:
         with self._lock:

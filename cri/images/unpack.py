@@ -67,10 +67,13 @@ class _HashingReader:
     def __init__(self, inner: _Readable) -> None:
         self._inner = inner
         self.hasher = hashlib.sha256()
+        #: Bytes read so far: the stream's length once drained.
+        self.size = 0
 
     def read(self, size: int = -1, /) -> bytes:
         data = self._inner.read(size)
         self.hasher.update(data)
+        self.size += len(data)
         return data
 
     def drain(self) -> None:
@@ -217,14 +220,24 @@ def unpack_layer(
             except (tarfile.TarError, OSError, EOFError, zstandard.ZstdError) as exc:
                 raise LayerError(f"layer is not a tar archive: {exc}") from None
             with archive:
+                last: tarfile.TarInfo | None = None
                 while True:
                     try:
                         member = archive.next()
                     except (tarfile.TarError, OSError, EOFError, zstandard.ZstdError) as exc:
+                        if _ends_cleanly(reader, archive, last):
+                            break
                         raise LayerError(f"corrupt layer: {exc}") from None
                     if member is None:
+                        reader.drain()
+                        # tarfile takes a header cut short for the end; Go does not.
+                        if archive.offset < reader.size < archive.offset + tarfile.BLOCKSIZE:
+                            raise LayerError(
+                                f"corrupt layer: the header at byte {archive.offset} is cut short"
+                            )
                         break
                     written = _extract(archive, member, tree, dirs)
+                    last = member
                     size += written
                     inodes += 1
                     if on_entry is not None:
@@ -237,7 +250,8 @@ def unpack_layer(
                 os.chmod(fd, stat.S_IMODE(member.mode))
                 _set_xattrs(fd, member, None)
                 os.utime(fd, ns=_mtime_ns(member))
-        except (OSError, EOFError, zstandard.ZstdError) as exc:
+        except (tarfile.TarError, OSError, EOFError, zstandard.ZstdError) as exc:
+            # An entry's data cut short is a tarfile.ReadError raised while copying it.
             raise LayerError(f"unpacking layer failed: {exc}") from exc
         finally:
             tree.close()
@@ -245,6 +259,28 @@ def unpack_layer(
     if expected_diff_id is not None and diff_id != expected_diff_id:
         raise LayerError(f"layer diff id mismatch: expected {expected_diff_id}, got {diff_id}")
     return UnpackResult(diff_id, size, inodes)
+
+
+def _ends_cleanly(
+    reader: _HashingReader, archive: tarfile.TarFile, last: tarfile.TarInfo | None
+) -> bool:
+    """Whether the stream ended right after ``last``'s data, in its padding.
+
+    Writers such as ``umoci insert`` leave the last entry unpadded and write no
+    end-of-archive blocks; Go's archive/tar (and so containerd) reads that as the end.
+    tarfile instead fails to skip the padding; the layer is good if every byte of the
+    entry's data is there.  Data cut short, or a header cut short, stays an error.
+    """
+    if last is None:
+        return False
+    try:
+        reader.drain()
+    except (OSError, EOFError, zstandard.ZstdError):
+        return False
+    # tarfile reads data blocks for regular files and for types it does not know.
+    has_data = last.isreg() or last.type not in tarfile.SUPPORTED_TYPES
+    data_end = last.offset_data + (last.size if has_data else 0)
+    return data_end <= reader.size < archive.offset
 
 
 def _extract(

@@ -25,16 +25,22 @@ import socket
 import struct
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 __all__ = [
+    "InterfaceCounters",
     "NetnsError",
+    "bring_up_loopback",
     "create_netns",
     "current_netns_id",
+    "interface_counters",
     "is_netns_pinned",
     "netns_id",
     "netns_path",
+    "parse_net_dev",
+    "pin_namespace",
     "remove_netns",
     "run_in_netns",
     "run_in_netns_async",
@@ -104,13 +110,31 @@ def _run_in_thread(fn: Callable[[], _T], thread_name: str) -> _T:
     return box[0]
 
 
-def _bring_up_loopback() -> None:
+def bring_up_loopback() -> None:
     """Set IFF_UP on ``lo`` in the calling thread's network namespace."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         req = struct.pack(_IFREQ, b"lo", 0)
         flags = struct.unpack(_IFREQ, fcntl.ioctl(sock, _SIOCGIFFLAGS, req))[1]
         if not flags & _IFF_UP:
             fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack(_IFREQ, b"lo", flags | _IFF_UP))
+
+
+def pin_namespace(source: str, path: str | os.PathLike[str]) -> None:
+    """Pin the namespace file ``source`` (``/proc/<pid>/ns/<kind>``) by bind-mounting it on
+    ``path``, a new file (FileExistsError if it exists); on failure nothing is left."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    # O_EXCL: two pods racing for one name must not share (or unpin) a namespace.
+    fd = os.open(p, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+    os.close(fd)
+    try:
+        _check(
+            _libc.mount(source.encode(), os.fsencode(p), None, _MS_BIND, None),
+            f"bind-mount {source} on {p}",
+        )
+    except BaseException:
+        p.unlink()
+        raise
 
 
 def create_netns(run_dir: str | os.PathLike[str], name: str) -> Path:
@@ -121,37 +145,22 @@ def create_netns(run_dir: str | os.PathLike[str], name: str) -> Path:
     made or pinned (for example without CAP_SYS_ADMIN); nothing is left behind then.
     """
     path = netns_path(run_dir, name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # O_EXCL: two pods racing for one name must not share (or unpin) a namespace.
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
-    os.close(fd)
 
     def make() -> None:
         _check(_libc.unshare(_CLONE_NEWNET), "unshare(CLONE_NEWNET)")
-        source = f"/proc/self/task/{threading.get_native_id()}/ns/net"
-        _check(
-            _libc.mount(source.encode(), os.fsencode(path), None, _MS_BIND, None),
-            f"bind-mount {source} on {path}",
-        )
+        pin_namespace(f"/proc/self/task/{threading.get_native_id()}/ns/net", path)
         try:
-            _bring_up_loopback()
+            bring_up_loopback()
         except OSError as exc:
-            _check(_libc.umount2(os.fsencode(path), _MNT_DETACH), f"umount {path}")
+            remove_netns(path)
             raise NetnsError(exc.errno or errno.EIO, f"bringing up lo in {path}: {exc}") from exc
 
-    try:
-        _run_in_thread(make, f"netns-create-{name}")
-    except BaseException:
-        try:
-            path.unlink()
-        except OSError:
-            pass
-        raise
+    _run_in_thread(make, f"netns-create-{name}")
     return path
 
 
 def remove_netns(path: str | os.PathLike[str]) -> None:
-    """Unpin and delete a namespace made by :func:`create_netns`.
+    """Unpin and delete a namespace made by :func:`create_netns` (or :func:`pin_namespace`).
 
     Idempotent: a missing path, or a pin file that is no longer mounted, is fine.  The
     namespace itself is freed by the kernel once no process, socket or other mount
@@ -265,3 +274,43 @@ def is_netns_pinned(path: str | os.PathLike[str]) -> bool:
             if len(fields) > 4 and _unescape_mountinfo(fields[4]) == target:
                 return True
     return False
+
+
+@dataclass(frozen=True, slots=True)
+class InterfaceCounters:
+    """One interface's line of ``/proc/net/dev``: what the kernel counted both ways."""
+
+    rx_bytes: int
+    rx_packets: int
+    rx_errors: int
+    rx_dropped: int
+    tx_bytes: int
+    tx_packets: int
+    tx_errors: int
+    tx_dropped: int
+
+
+def parse_net_dev(text: str) -> dict[str, InterfaceCounters]:
+    """Counters by interface from a ``/proc/net/dev`` text (two header lines, then one
+    ``name: rx bytes packets errs drop fifo frame compressed multicast tx bytes packets
+    errs drop …`` line per interface)."""
+    out: dict[str, InterfaceCounters] = {}
+    for line in text.splitlines()[2:]:
+        name, sep, rest = line.partition(":")
+        columns = rest.split()
+        if not sep or len(columns) < 12 or not all(c.isdigit() for c in columns[:12]):
+            continue
+        n = [int(c) for c in columns[:12]]
+        out[name.strip()] = InterfaceCounters(n[0], n[1], n[2], n[3], n[8], n[9], n[10], n[11])
+    return out
+
+
+def interface_counters(path: str | os.PathLike[str]) -> dict[str, InterfaceCounters]:
+    """:func:`parse_net_dev` of the network namespace pinned at ``path``."""
+
+    def read() -> str:
+        # thread-self: /proc/self/net shows the process's namespace, not this thread's.
+        with open("/proc/thread-self/net/dev", encoding="ascii") as f:
+            return f.read()
+
+    return parse_net_dev(run_in_netns(path, read))

@@ -103,15 +103,15 @@ def validate_dns_config(dns_config: api_pb2.DNSConfig | None) -> None:
             )
 
 
-def validate_hostname(hostname: str) -> None:
+def validate_hostname(hostname: str, field: str = "hostname") -> None:
     """Raise :class:`InvalidArgument` unless ``hostname`` is an RFC 1123 host name."""
     if not hostname:
-        raise InvalidArgument("hostname: must not be empty")
+        raise InvalidArgument(f"{field}: must not be empty")
     if len(hostname) > HOST_NAME_MAX:
-        raise InvalidArgument(f"hostname: {hostname!r} is longer than {HOST_NAME_MAX} characters")
+        raise InvalidArgument(f"{field}: {hostname!r} is longer than {HOST_NAME_MAX} characters")
     if not _HOSTNAME_RE.match(hostname):
         raise InvalidArgument(
-            f"hostname: {hostname!r} is not a valid host name (letters, digits and '-' in "
+            f"{field}: {hostname!r} is not a valid host name (letters, digits and '-' in "
             "dot-separated labels)"
         )
 

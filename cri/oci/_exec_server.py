@@ -7,9 +7,10 @@ without an interpreter start per exec.  A request is one connection: a JSON line
 ``{"argv": [...runc exec --detach --pid-file P ...], "pid_file": P}`` sent with
 three file descriptors (SCM_RIGHTS) that become runc's -- and so the exec'd
 process's -- stdin, stdout and stderr.  The helper is a child subreaper: the exec'd
-process is re-parented to it when runc exits, so it can wait for it.  The answer is
-one JSON line: ``{"status": <wait status>}``, or ``{"runc": <exit code>}`` when
-runc itself failed.
+process is re-parented to it when runc exits, so it can wait for it.  Once runc has
+started the process the helper says so, ``{"started": <pid>}``; the answer is then
+one more JSON line: ``{"status": <wait status>}``.  When runc itself fails the only
+line is ``{"runc": <exit code>}``.
 
 One thread reaps every child (``waitpid(-1)``) and hands statuses to the
 connection threads waiting for them; a status that arrives before anyone waits
@@ -106,6 +107,12 @@ def handle(conn: socket.socket, reaper: Reaper) -> None:
         else:
             with open(pid_file, encoding="ascii") as f:
                 target = int(f.read().strip())
+            # A tty exec's input may flow once the process runs (as containerd's shim
+            # does it): input written sooner is echoed by the terminal before any output.
+            try:
+                conn.sendall(json.dumps({"started": target}).encode() + b"\n")
+            except OSError:
+                pass
             answer = {"status": reaper.wait_for(target), "pid": target}
     except Exception as exc:  # report, never take the helper down
         answer = {"error": f"{type(exc).__name__}: {exc}"}

@@ -16,7 +16,7 @@ import os
 import stat
 from collections import deque
 
-__all__ = ["MAX_FILE_BYTES", "read_file_in_root"]
+__all__ = ["MAX_FILE_BYTES", "read_file_in_root", "resolve_in_root"]
 
 MAX_FILE_BYTES = 4 << 20
 # Linux's own limit on symlinks followed in one lookup (MAXSYMLINKS).
@@ -90,5 +90,23 @@ def read_file_in_root(root: str | os.PathLike[str], path: str) -> bytes | None:
         if len(data) > MAX_FILE_BYTES:
             raise OSError(errno.EFBIG, f"larger than {MAX_FILE_BYTES} bytes", path)
         return data
+    finally:
+        os.close(root_fd)
+
+
+def resolve_in_root(root: str | os.PathLike[str], path: str) -> str:
+    """The host path that ``path`` names inside ``root``, symlinks resolved within it.
+
+    For trees nobody writes to while it runs (a read-only image): the answer is a plain
+    path, which a concurrent rename could redirect.  Raises FileNotFoundError (or
+    another OSError) when ``path`` does not exist there.
+    """
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = _open_in_root(root_fd, path)
+        try:
+            return os.readlink(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
     finally:
         os.close(root_fd)

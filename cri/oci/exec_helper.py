@@ -90,17 +90,29 @@ class ExecHelper:
         return sock
 
     @staticmethod
-    async def result(sock: socket.socket) -> dict[str, Any]:
-        """The helper's report for a submitted exec (closes ``sock``)."""
+    async def result(sock: socket.socket, started: asyncio.Event | None = None) -> dict[str, Any]:
+        """The helper's report for a submitted exec (closes ``sock``).
+
+        ``started`` is set when runc has started the process, before it ends.
+        """
         loop = asyncio.get_running_loop()
-        chunks = []
+        buffer = b""
+        answer: dict[str, Any] | None = None
         try:
             while chunk := await loop.sock_recv(sock, 4096):
-                chunks.append(chunk)
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    try:
+                        answer = json.loads(line)
+                    except ValueError:
+                        raise ExecHelperError(f"the exec helper said {line[:200]!r}") from None
+                    if answer is not None and "started" in answer:
+                        if started is not None:
+                            started.set()
+                        answer = None
         finally:
             sock.close()
-        try:
-            answer: dict[str, Any] = json.loads(b"".join(chunks))
-        except ValueError:
-            raise ExecHelperError("the exec helper closed without an answer") from None
+        if answer is None:
+            raise ExecHelperError("the exec helper closed without an answer")
         return answer

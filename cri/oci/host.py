@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 from cri.oci.capabilities import ALL_CAPABILITIES, host_capabilities
 
-__all__ = ["APPARMOR_ENABLED_PATH", "HostInfo", "detect_host"]
+__all__ = ["APPARMOR_ENABLED_PATH", "HUGEPAGES_DIR", "HostInfo", "detect_host", "hugepage_sizes"]
 
 APPARMOR_ENABLED_PATH = "/sys/module/apparmor/parameters/enabled"
+HUGEPAGES_DIR = "/sys/kernel/mm/hugepages"
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,11 @@ class HostInfo:
     ``nofile_hard``: the highest RLIMIT_NOFILE hard limit the container may get.
     ``min_oom_score_adj``: the lowest ``oom_score_adj`` a child may be given — without
     CAP_SYS_RESOURCE, runc fails outright when asked to go below its own value.
+    ``cgroup_controllers``: the controllers runc can put a container's limits in (the
+    mounted v1 hierarchies on a v1 or hybrid host, the root's ``cgroup.controllers`` on
+    v2); None when unknown, taken as "all of them".
+    ``hugepage_sizes``: the huge page sizes the kernel offers, spelt as runc spells them
+    (``2MB``, ``1GB``); None when unknown.
     """
 
     capabilities: frozenset[str] = frozenset(ALL_CAPABILITIES)
@@ -41,6 +47,8 @@ class HostInfo:
     swap_accounting: bool = True
     nofile_hard: int = 1048576
     min_oom_score_adj: int = -1000
+    cgroup_controllers: frozenset[str] | None = None
+    hugepage_sizes: frozenset[str] | None = None
 
 
 def _read(path: str) -> str | None:
@@ -56,6 +64,29 @@ def apparmor_enabled(path: str = APPARMOR_ENABLED_PATH) -> bool:
     return value is not None and value.strip().upper().startswith("Y")
 
 
+def hugepage_sizes(directory: str = HUGEPAGES_DIR) -> frozenset[str]:
+    """Page sizes under ``/sys/kernel/mm/hugepages`` (``hugepages-2048kB`` → ``2MB``)."""
+    sizes = set()
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return frozenset()
+    for name in names:
+        if not (name.startswith("hugepages-") and name.endswith("kB")):
+            continue
+        digits = name[len("hugepages-") : -len("kB")]
+        if not digits.isdigit():
+            continue
+        size, unit = int(digits), "KB"
+        # runc (and the kubelet) name a size in the largest unit that divides it.
+        for bigger in ("MB", "GB", "TB"):
+            if size % 1024:
+                break
+            size, unit = size // 1024, bigger
+        sizes.add(f"{size}{unit}")
+    return frozenset(sizes)
+
+
 @functools.cache
 def detect_host() -> HostInfo:
     """Probe this machine (cached: these facts do not change while the daemon runs)."""
@@ -65,6 +96,7 @@ def detect_host() -> HostInfo:
     caps = host_capabilities()
     layout = detect_layout()
     swap = True
+    controllers = layout.controllers()
     if layout.mode is not CgroupMode.V2:
         memory = layout.controller_root("memory")
         swap = memory is not None and os.path.exists(
@@ -89,4 +121,6 @@ def detect_host() -> HostInfo:
         swap_accounting=swap,
         nofile_hard=nofile_hard,
         min_oom_score_adj=min_adj,
+        cgroup_controllers=controllers,
+        hugepage_sizes=hugepage_sizes(),
     )

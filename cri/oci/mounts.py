@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import posixpath
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from cri.api import api_pb2
-from cri.errors import InvalidArgument, Unimplemented
+from cri.errors import FailedPrecondition, InvalidArgument
 
 __all__ = [
     "DEFAULT_MASKED_PATHS",
@@ -124,31 +124,58 @@ def _clean_destination(path: str, field: str) -> str:
     return posixpath.normpath(path)
 
 
+def _check_rro(m: api_pb2.Mount, field: str, rro_unsupported: str) -> None:
+    if not m.readonly:
+        raise InvalidArgument(f"{field}.recursive_read_only: needs readonly to be set too")
+    if m.propagation != api_pb2.PROPAGATION_PRIVATE:
+        raise InvalidArgument(
+            f"{field}.recursive_read_only: needs propagation PROPAGATION_PRIVATE, not "
+            f"{api_pb2.MountPropagation.Name(m.propagation)}"
+        )
+    if rro_unsupported:
+        raise FailedPrecondition(
+            f"{field}.recursive_read_only: not supported on this node: {rro_unsupported}"
+        )
+
+
 def cri_mounts(
     mounts: Sequence[api_pb2.Mount],
     *,
     propagation_of: Callable[[str], str] = mount_propagation,
+    sources: Mapping[int, str] | None = None,
+    rro_unsupported: str = "",
 ) -> tuple[list[dict[str, Any]], str | None]:
     """CRI volume mounts as OCI bind mounts, plus the rootfs propagation they need.
 
     Parents are ordered before children so that a volume inside another volume is
     mounted on top of it.  ``selinux_relabel`` is accepted and ignored (no SELinux here).
+    ``sources`` replaces the host path of mount ``i`` by what the daemon prepared for it:
+    an image volume's root filesystem (``image``, always read-only) or an idmapped copy
+    of the host path (``uidMappings``); either needs one.  ``rro_unsupported`` says why
+    ``recursive_read_only`` cannot be honoured here ("" when it can).
     Returns (mounts, rootfs propagation or None to keep the runtime's default).
     """
+    prepared = sources or {}
     out: list[tuple[int, int, dict[str, Any]]] = []
     rootfs_propagation: str | None = None
     for i, m in enumerate(mounts):
         field = f"mounts[{i}]"
-        if m.image.image:
-            raise Unimplemented(f"{field}.image: image volumes are not supported")
-        if len(m.uidMappings) or len(m.gidMappings):
-            raise Unimplemented(f"{field}.uidMappings: id-mapped mounts are not supported")
-        if m.recursive_read_only:
-            raise Unimplemented(
-                f"{field}.recursive_read_only: recursive read-only mounts are not supported "
-                "by this OCI runtime"
-            )
         dest = _clean_destination(m.container_path, f"{field}.container_path")
+        if m.image.image:
+            if m.host_path:
+                raise InvalidArgument(f"{field}.host_path: must be empty for an image volume")
+            if i not in prepared:
+                raise FailedPrecondition(f"{field}.image: the image volume was not prepared")
+            depth = len([p for p in dest.split("/") if p])
+            options = ["rbind", "rprivate", "ro"]
+            out.append((depth, i, _mount(dest, "bind", prepared[i], options)))
+            continue
+        if m.image_sub_path:
+            raise InvalidArgument(f"{field}.image_sub_path: only valid with an image")
+        if (len(m.uidMappings) or len(m.gidMappings)) and i not in prepared:
+            raise FailedPrecondition(f"{field}.uidMappings: the idmapped mount was not prepared")
+        if m.recursive_read_only:
+            _check_rro(m, field, rro_unsupported)
         if not m.host_path or not posixpath.isabs(m.host_path):
             raise InvalidArgument(f"{field}.host_path: {m.host_path!r} must be an absolute path")
         if not os.path.exists(m.host_path):
@@ -173,7 +200,10 @@ def cri_mounts(
             elif rootfs_propagation is None:
                 rootfs_propagation = "rslave"
         options = ["rbind", propagation, "ro" if m.readonly else "rw"]
+        if m.recursive_read_only:
+            options.append("rro")
         depth = len([p for p in dest.split("/") if p])
-        out.append((depth, i, _mount(dest, "bind", m.host_path, options)))
+        source = prepared.get(i, m.host_path)
+        out.append((depth, i, _mount(dest, "bind", source, options)))
     out.sort(key=lambda t: (t[0], t[1]))
     return [m for _, _, m in out], rootfs_propagation

@@ -58,9 +58,13 @@ def linux_resources(
     Zero means "not set" for every CRI number, as the kubelet sends them.  Swap follows the
     kubelet's convention: ``memory_swap_limit_in_bytes`` is memory plus swap (like the OCI
     ``memory.swap``), 0 with a memory limit means no swap at all, -1 unlimited swap.
-    Settings the host cannot take are dropped with a warning rather than failing the
-    container: swap limits without swap accounting, cgroup v2 ``unified`` keys on v1.
+    Settings the host cannot take are dropped rather than failing the container (the
+    kubelet sends hugepage limits with every container, whether or not the host has the
+    hugetlb controller): limits of a cgroup controller the host lacks, huge page sizes
+    the kernel does not offer, swap limits without swap accounting, cgroup v2
+    ``unified`` keys on v1.  ``warn`` hears of them once per call, in one message.
     """
+    dropped: list[str] = []
     out: dict[str, Any] = {}
     cpu: dict[str, Any] = {}
     if res.cpu_shares < 0:
@@ -105,8 +109,8 @@ def linux_resources(
     if wanted_swap is not None and limit:
         if host.swap_accounting:
             memory["swap"] = wanted_swap
-        elif swap and warn is not None:
-            warn(f"{field}.memory_swap_limit_in_bytes: ignored, swap accounting is off")
+        elif swap:
+            dropped.append("memory_swap_limit_in_bytes (swap accounting is off)")
     if memory:
         out["memory"] = memory
 
@@ -116,6 +120,9 @@ def linux_resources(
             raise InvalidArgument(
                 f"{field}.hugepage_limits[{i}].page_size: {h.page_size!r} is not like 2MB"
             )
+        if host.hugepage_sizes is not None and h.page_size not in host.hugepage_sizes:
+            dropped.append(f"hugepage_limits[{i}] (the kernel has no {h.page_size} pages)")
+            continue
         hugepages.append({"pageSize": h.page_size, "limit": h.limit})
     if hugepages:
         out["hugepageLimits"] = hugepages
@@ -129,9 +136,63 @@ def linux_resources(
             unified[key] = value
         if host.cgroup_v2:
             out["unified"] = unified
-        elif warn is not None:
-            warn(f"{field}.unified: ignored, the host does not run cgroup v2 ({sorted(unified)})")
+        else:
+            dropped.append(f"unified {sorted(unified)} (the host does not run cgroup v2)")
+    dropped += _drop_missing_controllers(out, host.cgroup_controllers)
+    if dropped and warn is not None:
+        warn(f"{field}: not applied, this host cannot take them: {'; '.join(dropped)}")
     return out
+
+
+# Which controller takes each setting of ``linux.resources`` (by key, then sub-key).
+_CONTROLLERS: dict[str, str | dict[str, str]] = {
+    "cpu": {
+        "shares": "cpu",
+        "quota": "cpu",
+        "period": "cpu",
+        "cpus": "cpuset",
+        "mems": "cpuset",
+    },
+    "memory": "memory",
+    "hugepageLimits": "hugetlb",
+}
+# The CRI names of those settings, for the warning.
+_CRI_NAMES = {
+    "shares": "cpu_shares",
+    "quota": "cpu_quota",
+    "period": "cpu_period",
+    "cpus": "cpuset_cpus",
+    "mems": "cpuset_mems",
+    "memory": "memory_limit_in_bytes",
+    "hugepageLimits": "hugepage_limits",
+}
+
+
+def _drop_missing_controllers(out: dict[str, Any], available: frozenset[str] | None) -> list[str]:
+    """Remove from ``out`` what needs a controller not in ``available``; say what went.
+
+    runc fails the whole container ("container could not join or create cgroup") when a
+    limit names a controller it has no hierarchy for.
+    """
+    if available is None:
+        return []
+    dropped: list[str] = []
+    for key, controller in _CONTROLLERS.items():
+        if key not in out:
+            continue
+        if isinstance(controller, str):
+            if controller not in available:
+                del out[key]
+                dropped.append(f"{_CRI_NAMES[key]} (no {controller} controller)")
+            continue
+        section = out[key]
+        for sub, needed in controller.items():
+            if sub in section and needed not in available:
+                del section[sub]
+                dropped.append(f"{_CRI_NAMES[sub]} (no {needed} controller)")
+        if not section:
+            del out[key]
+    return dropped
 
 
 def oom_score_adj(

@@ -42,6 +42,7 @@ __all__ = [
     "Runc",
     "RuncError",
     "RuncState",
+    "log_message",
     "process_spec_for_exec",
 ]
 
@@ -165,7 +166,7 @@ def _classify(message: str) -> type[RktletError]:
     return RuncError
 
 
-def _log_message(log_text: str, stderr: bytes) -> str:
+def log_message(log_text: str, stderr: bytes) -> str:
     """runc's error from its JSON log (falling back to stderr)."""
     messages = []
     for line in log_text.splitlines():
@@ -283,7 +284,7 @@ class Runc:
                 os.unlink(path)
 
     def _error(self, argv: Sequence[str], code: int, log_text: str, stderr: bytes) -> RktletError:
-        message = _log_message(log_text, stderr)
+        message = log_message(log_text, stderr)
         verb = next((a for a in argv[len(self._global("x")) :] if not a.startswith("-")), "")
         cls = _classify(message)
         text = f"runc {verb}: {message}"

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cri.api import api_pb2
-from cri.errors import InvalidArgument, Unimplemented
+from cri.errors import FailedPrecondition, InvalidArgument
 from cri.oci.capabilities import ALL_CAPABILITIES, normalize_capability, resolve_capabilities
 from cri.oci.devices import DeviceNode, device_nodes, host_devices
 from cri.oci.host import HostInfo, detect_host
@@ -43,6 +43,7 @@ from cri.oci.mounts import (
 from cri.oci.resources import check_sysctls, linux_resources, oom_score_adj
 from cri.oci.seccomp import load_localhost_profile, runtime_default_profile
 from cri.oci.user import resolve_user
+from cri.oci.userns import UsernsConfig
 
 __all__ = [
     "ANNOTATION_CONTAINER_NAME",
@@ -108,6 +109,7 @@ class PodNamespaces:
     ipc: str | None = None
     uts: str | None = None
     pid: str | None = None
+    user: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +125,10 @@ class ContainerContext:
     target container for NamespaceMode TARGET.  ``image_name``: for the image-name
     annotation (defaults to the config's image).  ``annotations``: added to the spec
     (the io.kubernetes.cri.* keys win).  ``apparmor_default_profile``: the loaded
-    profile RuntimeDefault means, if any.
+    profile RuntimeDefault means, if any.  ``userns``: the pod's user namespace maps
+    (with ``namespaces.user`` its pinned path), None for the host's.  ``volume_sources``:
+    what the daemon prepared for mount ``i`` (an image volume, an idmapped copy).
+    ``rro_unsupported``: why recursive read-only mounts are unavailable ("" if they are).
     """
 
     rootfs: str
@@ -141,6 +146,9 @@ class ContainerContext:
     image_name: str = ""
     annotations: Mapping[str, str] = field(default_factory=dict)
     apparmor_default_profile: str | None = None
+    userns: UsernsConfig | None = None
+    volume_sources: Mapping[int, str] = field(default_factory=dict)
+    rro_unsupported: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +158,7 @@ class SandboxContext:
     ``rootfs``: a directory from :func:`prepare_sandbox_rootfs` (shared by all pods, kept
     read-only).  ``network_ns``: the pinned network namespace, None for host network.
     ``shm_path``: a host directory (tmpfs) to serve as the pod's /dev/shm, or None.
+    ``userns``/``userns_path``: the pod's user namespace maps and pinned path, if any.
     """
 
     rootfs: str
@@ -159,6 +168,8 @@ class SandboxContext:
     shm_path: str | None = None
     annotations: Mapping[str, str] = field(default_factory=dict)
     apparmor_default_profile: str | None = None
+    userns: UsernsConfig | None = None
+    userns_path: str | None = None
 
 
 def _default_warn(message: str) -> None:
@@ -362,15 +373,29 @@ def _container_namespaces(
         spaces.append(_ns("pid", ctx.target_pid_namespace))
     elif opts.pid != api_pb2.NODE:
         raise InvalidArgument(f"{prefix}.pid: unknown mode {opts.pid}")
-    _check_userns(opts, prefix)
+    wants_userns = opts.HasField("userns_options") and opts.userns_options.mode != api_pb2.NODE
+    if ctx.userns is not None:
+        if not pod.user:
+            raise FailedPrecondition(f"{prefix}.userns_options: the pod's user namespace is gone")
+        spaces.append(_ns("user", pod.user))
+    elif wants_userns:
+        raise InvalidArgument(
+            f"{prefix}.userns_options: the pod sandbox does not have a user namespace"
+        )
     if host.cgroup_v2 and not privileged:
         spaces.append({"type": "cgroup"})
     return spaces
 
 
-def _check_userns(opts: api_pb2.NamespaceOption, prefix: str) -> None:
-    if opts.HasField("userns_options") and opts.userns_options.mode != api_pb2.NODE:
-        raise Unimplemented(f"{prefix}.userns_options: user namespaces are not supported")
+def _check_mapped(userns: UsernsConfig | None, uid: int, gids: Sequence[int], field: str) -> None:
+    """runc cannot switch to an id the pod's user namespace does not map."""
+    if userns is None:
+        return
+    if userns.host_uid(uid) is None:
+        raise InvalidArgument(f"{field}: uid {uid} is not mapped in the pod's user namespace")
+    for gid in gids:
+        if userns.host_gid(gid) is None:
+            raise InvalidArgument(f"{field}: gid {gid} is not mapped in the pod's user namespace")
 
 
 def pod_namespaces(
@@ -469,6 +494,8 @@ def build_container_spec(
     privileged = sc.privileged
     if privileged and not sandbox_config.linux.security_context.privileged:
         raise InvalidArgument(f"{prefix}.privileged: the pod sandbox is not privileged")
+    if privileged and ctx.userns is not None:
+        raise InvalidArgument(f"{prefix}.privileged: not allowed in a pod with a user namespace")
 
     hostname = ctx.hostname or sandbox_config.hostname
     user = resolve_user(
@@ -481,11 +508,7 @@ def build_container_spec(
         supplemental_groups_policy=sc.supplemental_groups_policy,
         field_prefix=prefix,
     )
-    if sc.HasField("run_as_group") and not (
-        sc.HasField("run_as_user") or sc.run_as_username or image.user
-    ):
-        # Harmless but likely a mistake: the group applies to the image's default user.
-        warn(f"{prefix}.run_as_group: set without a user; applied to uid {user.uid}")
+    _check_mapped(ctx.userns, user.uid, [user.gid, *user.additional_gids], f"{prefix}.run_as_user")
     env = _merge_env(image.env, config.envs, hostname)
     if not any(e.startswith("HOME=") for e in env):
         env.append(f"HOME={user.home or '/'}")
@@ -534,7 +557,12 @@ def build_container_spec(
             process["apparmorProfile"] = profile
 
     readonly = bool(sc.readonly_rootfs or ctx.readonly_rootfs)
-    volume_mounts, rootfs_propagation = cri_mounts(config.mounts, propagation_of=propagation_of)
+    volume_mounts, rootfs_propagation = cri_mounts(
+        config.mounts,
+        propagation_of=propagation_of,
+        sources=ctx.volume_sources,
+        rro_unsupported=ctx.rro_unsupported,
+    )
     taken = {m["destination"] for m in volume_mounts}
     mounts = [
         m
@@ -557,6 +585,8 @@ def build_container_spec(
         "resources": resources,
         "devices": devices,
     }
+    if ctx.userns is not None:
+        spec_linux.update(ctx.userns.oci())
     if sandbox_config.linux.sysctls:
         pod_opts = pod_sc.namespace_options
         spec_linux["sysctl"] = check_sysctls(
@@ -649,7 +679,14 @@ def build_sandbox_spec(
     sc = linux.security_context
     prefix = "linux.security_context"
     opts = sc.namespace_options
-    _check_userns(opts, f"{prefix}.namespace_options")
+    userns = ctx.userns
+    wants_userns = opts.HasField("userns_options") and opts.userns_options.mode != api_pb2.NODE
+    if userns is None and wants_userns:
+        raise FailedPrecondition(
+            f"{prefix}.namespace_options.userns_options: the user namespace was not prepared"
+        )
+    if userns is not None and not ctx.userns_path:
+        raise FailedPrecondition(f"{prefix}.namespace_options.userns_options: no namespace path")
     host_net = opts.network == api_pb2.NODE
     host_ipc = opts.ipc == api_pb2.NODE
     host_pid = opts.pid == api_pb2.NODE
@@ -669,9 +706,16 @@ def build_sandbox_spec(
         namespaces.append({"type": "pid"})
     if host.cgroup_v2 and not sc.privileged:
         namespaces.append({"type": "cgroup"})
+    if userns is not None:
+        namespaces.append(_ns("user", ctx.userns_path))
 
-    uid = sc.run_as_user.value if sc.HasField("run_as_user") else SANDBOX_USER
-    gid = sc.run_as_group.value if sc.HasField("run_as_group") else SANDBOX_USER
+    default_user = SANDBOX_USER
+    if userns is not None and (
+        userns.host_uid(SANDBOX_USER) is None or userns.host_gid(SANDBOX_USER) is None
+    ):
+        default_user = 0  # the pod's root: still unprivileged on the host
+    uid = sc.run_as_user.value if sc.HasField("run_as_user") else default_user
+    gid = sc.run_as_group.value if sc.HasField("run_as_group") else default_user
     for name, value in (("run_as_user", uid), ("run_as_group", gid)):
         if not 0 <= value < 2**32 - 1:
             raise InvalidArgument(f"{prefix}.{name}: {value} is not a valid id")
@@ -682,6 +726,7 @@ def build_sandbox_spec(
         if g not in gids:
             gids.append(g)
 
+    _check_mapped(userns, uid, gids, f"{prefix}.run_as_user")
     process: dict[str, Any] = {
         "terminal": False,
         "user": {"uid": uid, "gid": gid, "additionalGids": gids},
@@ -703,6 +748,8 @@ def build_sandbox_spec(
         "cgroupsPath": ctx.cgroups_path,
         "resources": {"devices": [{"allow": False, "access": "rwm"}]},
     }
+    if userns is not None:
+        spec_linux.update(userns.oci())
     if linux.sysctls:
         spec_linux["sysctl"] = check_sysctls(
             linux.sysctls, host_network=host_net, host_ipc=host_ipc, host_uts=host_net
@@ -727,10 +774,8 @@ def build_sandbox_spec(
         "annotations": annotations,
         "linux": spec_linux,
     }
-    if not host_net:
-        name = sandbox_config.hostname
-        if not name:
-            meta_name = sandbox_config.metadata.name[:63].rstrip("-.")
-            name = meta_name if _HOSTNAME_RE.match(meta_name or "-") else ctx.sandbox_id[:12]
-        spec["hostname"] = _check_hostname(name, "hostname")
+    if not host_net and sandbox_config.hostname:
+        # Without one the pod keeps the node's host name (as containerd's pods do): a
+        # new UTS namespace starts as a copy of the runtime's.
+        spec["hostname"] = _check_hostname(sandbox_config.hostname, "hostname")
     return spec

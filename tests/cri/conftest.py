@@ -29,7 +29,17 @@ from cri.api import api_pb2, api_pb2_grpc
 from tests.conftest import kill_tree
 
 REPO = Path(__file__).resolve().parents[2]
-IMAGES = ("busybox", "httpd", "user-uid", "user-name", "user-uid-gid", "user-name-gid")
+IMAGES = (
+    "busybox",
+    "httpd",
+    "user-uid",
+    "user-name",
+    "user-uid-gid",
+    "user-name-gid",
+    "owners",
+    "volume-a",
+    "volume-b",
+)
 
 
 def _require_tools() -> None:
@@ -300,3 +310,73 @@ def daemon(tmp_path: Path, image_archives: dict[str, Path]) -> Iterator[Daemon]:
                 _force_cleanup(d)
                 if os.environ.get("RKTLET_TEST_KEEP_LOG") and d.log_file.exists():
                     print(d.log_file.read_text()[-20000:])
+
+
+# -- the real crictl -------------------------------------------------------------------
+
+#: Names a directory holding the Kubernetes node binaries (crictl, kubelet, ...).
+E2E_BIN_ENV = "RKTLET_E2E_BIN"
+
+
+def e2e_binary(name: str) -> str | None:
+    """``name`` from ``$RKTLET_E2E_BIN``, else from PATH; None when neither has it."""
+    directory = os.environ.get(E2E_BIN_ENV)
+    if directory:
+        path = Path(directory) / name
+        return str(path) if os.access(path, os.X_OK) else None
+    return shutil.which(name)
+
+
+class Crictl:
+    """The real crictl, run inside the daemon's network namespace (where its streaming
+    server listens), against the daemon's socket."""
+
+    def __init__(self, binary: str, daemon: Daemon) -> None:
+        self.binary = binary
+        self.daemon = daemon
+        self.config = daemon.base / "crictl.yaml"
+        endpoint = f"unix://{daemon.socket}"
+        self.config.write_text(
+            f"runtime-endpoint: {endpoint}\nimage-endpoint: {endpoint}\ntimeout: 60\n"
+        )
+
+    def argv(self, *args: str) -> list[str]:
+        return [
+            "nsenter",
+            f"--net={self.daemon.netns}",
+            self.binary,
+            "--config",
+            str(self.config),
+            *args,
+        ]
+
+    def run(
+        self, *args: str, input: bytes | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[bytes]:
+        proc = subprocess.run(self.argv(*args), input=input, capture_output=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"crictl {' '.join(args)}: exit {proc.returncode}\n{proc.stderr.decode()}"
+            )
+        return proc
+
+    def json_file(self, name: str, document: dict[str, Any]) -> str:
+        import json
+
+        path = self.daemon.base / name
+        path.write_text(json.dumps(document))
+        return str(path)
+
+
+@pytest.fixture(scope="session")
+def crictl_binary() -> str:
+    binary = e2e_binary("crictl")
+    if binary is None:
+        pytest.skip(f"crictl not found (set {E2E_BIN_ENV} to the directory holding it, or PATH)")
+    return binary
+
+
+@pytest.fixture
+def crictl(crictl_binary: str, daemon: Daemon) -> Crictl:
+    # crictl_binary comes first: without crictl the test skips before a daemon starts.
+    return Crictl(crictl_binary, daemon)

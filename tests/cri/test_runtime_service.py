@@ -60,7 +60,10 @@ def wait_for_port(netns: str, host: str, port: int, timeout: float = 30) -> None
 def test_version_and_status(daemon: Daemon) -> None:
     version = daemon.runtime.Version(api_pb2.VersionRequest())
     assert (version.runtime_name, version.runtime_api_version) == ("rktlet", "v1")
-    status = daemon.runtime.Status(api_pb2.StatusRequest(verbose=True)).status
+    response = daemon.runtime.Status(api_pb2.StatusRequest(verbose=True))
+    # Where the kubelet looks before it trusts ContainerStatus.user and the groups policy.
+    assert response.features.supplemental_groups_policy is True
+    status = response.status
     conditions = {c.type: c for c in status.conditions}
     assert conditions["RuntimeReady"].status is True
     assert conditions["NetworkReady"].status is True, conditions["NetworkReady"].message
@@ -199,6 +202,57 @@ def test_users(daemon: Daemon, image: str, context, expected: bytes) -> None:
     )
     assert status.exit_code == 0
     assert lines == [expected]
+
+
+@pytest.mark.parametrize(
+    ("policy", "groups"),
+    [
+        # Merge (the default) adds the groups the image's /etc/group gives user "app".
+        (api_pb2.SupplementalGroupsPolicy.Merge, [1000, 5678, 60000]),
+        (api_pb2.SupplementalGroupsPolicy.Strict, [1000, 60000]),
+    ],
+)
+def test_container_status_reports_the_process_user(
+    daemon: Daemon, policy: api_pb2.SupplementalGroupsPolicy, groups: list[int]
+) -> None:
+    pod_id, pod_config = daemon.run_pod(f"who{policy}")
+    context = api_pb2.LinuxContainerSecurityContext(
+        supplemental_groups=[60000], supplemental_groups_policy=policy
+    )
+    cid = daemon.run_container(
+        pod_id,
+        pod_config,
+        daemon.container_config(
+            "who",
+            "user-name",
+            ["sleep", "600"],
+            linux=api_pb2.LinuxContainerConfig(security_context=context),
+        ),
+    )
+
+    def reported() -> tuple[int, int, list[int]]:
+        status = daemon.runtime.ContainerStatus(api_pb2.ContainerStatusRequest(container_id=cid))
+        assert status.status.HasField("user")
+        user = status.status.user.linux
+        return user.uid, user.gid, list(user.supplemental_groups)
+
+    assert reported() == (1000, 1000, groups)
+    inside = daemon.runtime.ExecSync(
+        api_pb2.ExecSyncRequest(container_id=cid, cmd=["id", "-G"], timeout=30)
+    )
+    assert sorted(int(g) for g in inside.stdout.split()) == groups
+    daemon.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=0))
+    assert reported() == (1000, 1000, groups), "an exited container keeps its user"
+
+
+def test_process_identity_is_read_from_proc_and_checks_the_cgroup() -> None:
+    from cri.containers import process_identity
+
+    me = process_identity(os.getpid(), "/")  # every cgroup line holds a "/"
+    assert me is not None
+    assert (me[0], me[1]) == (os.getuid(), os.getgid())
+    assert me[2] == sorted(os.getgroups())
+    assert process_identity(os.getpid(), "no-such-container-id") is None
 
 
 def test_readonly_rootfs(daemon: Daemon) -> None:
@@ -385,6 +439,19 @@ def test_bad_container_requests_create_nothing(daemon: Daemon) -> None:
         ),
         (daemon.container_config("../x", "busybox", ["true"]), "config.metadata.name"),
         (daemon.container_config("x", "nope", ["true"]), "config.image.image"),
+        (
+            daemon.container_config(
+                "x",
+                "user-uid",
+                ["true"],
+                linux=api_pb2.LinuxContainerConfig(
+                    security_context=api_pb2.LinuxContainerSecurityContext(
+                        run_as_group=api_pb2.Int64Value(value=5)
+                    )
+                ),
+            ),
+            "config.linux.security_context.run_as_group",
+        ),
     ):
         with pytest.raises(grpc.RpcError) as err:
             daemon.runtime.CreateContainer(
@@ -396,6 +463,90 @@ def test_bad_container_requests_create_nothing(daemon: Daemon) -> None:
         assert err.value.details().startswith(field)
     assert daemon.runtime.ListContainers(api_pb2.ListContainersRequest()).containers == []
     assert not any((daemon.root / "containers").iterdir())
+    # The same rule for the pod's own security context (its infra process).
+    with pytest.raises(grpc.RpcError) as err:
+        daemon.run_pod(
+            "group-only",
+            linux=api_pb2.LinuxPodSandboxConfig(
+                security_context=api_pb2.LinuxSandboxSecurityContext(
+                    run_as_group=api_pb2.Int64Value(value=5)
+                )
+            ),
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("config.linux.security_context.run_as_group: ")
+    assert [
+        p.metadata.name
+        for p in daemon.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items
+    ] == ["bad"]
+
+
+def test_failed_create_leaves_no_log_file_and_reports_the_runtime_error(daemon: Daemon) -> None:
+    pod_id, pod_config = daemon.run_pod("nolog")
+    config = daemon.container_config("broken", "busybox", ["/no/such/binary"])
+    with pytest.raises(grpc.RpcError) as err:
+        daemon.runtime.CreateContainer(
+            api_pb2.CreateContainerRequest(
+                pod_sandbox_id=pod_id, config=config, sandbox_config=pod_config
+            )
+        )
+    assert "/no/such/binary" in err.value.details()
+    log_dir = Path(pod_config.log_directory)
+    assert not (log_dir / "broken" / "0.log").exists()
+    assert not (log_dir / "broken").exists()
+    assert "/no/such/binary" in daemon.log_file.read_text()
+    assert daemon.runtime.ListContainers(api_pb2.ListContainersRequest()).containers == []
+    # The kubelet retries with the same attempt: that create works, and logs.
+    good = daemon.container_config("broken", "busybox", ["echo", "second try"])
+    cid = daemon.run_container(pod_id, pod_config, good)
+    daemon.wait_exited(cid)
+    assert log_lines(str(log_dir / "broken" / "0.log")) == [b"second try"]
+
+
+def test_sandbox_hostname_empty_is_the_nodes_and_only_a_given_one_is_checked(
+    daemon: Daemon,
+) -> None:
+    long_name = "create-PodSandbox-for-container-0c8e4b1a-4a43-4e61-9f1b-7b1b2f2e0a9d"
+    pod_id, pod_config = daemon.run_pod(long_name, hostname="")
+    cid = daemon.run_container(
+        pod_id, pod_config, daemon.container_config("h", "busybox", ["hostname"])
+    )
+    daemon.wait_exited(cid)
+    assert log_lines(str(Path(pod_config.log_directory, "h/0.log"))) == [
+        socket.gethostname().encode()
+    ]
+    for bad in ("x" * 65, "under_score"):
+        with pytest.raises(grpc.RpcError) as err:
+            daemon.run_pod("named", hostname=bad)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details().startswith("config.hostname: ")
+
+
+def test_every_stop_and_remove_rpc_is_idempotent(daemon: Daemon) -> None:
+    rt = daemon.runtime
+    gone = "0f" * 32
+
+    def stop_and_remove_all(container_id: str, pod_id: str) -> None:
+        # The kubelet repeats these for objects already stopped or gone: all OK.
+        rt.StopContainer(api_pb2.StopContainerRequest(container_id=container_id, timeout=1))
+        rt.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=container_id))
+        rt.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+        rt.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+
+    stop_and_remove_all(gone, gone)
+    pod_id, pod_config = daemon.run_pod("idem")
+    cid = daemon.run_container(
+        pod_id, pod_config, daemon.container_config("s", "busybox", ["sleep", "600"])
+    )
+    rt.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=0))
+    stop_and_remove_all(cid, pod_id)
+    stop_and_remove_all(cid, pod_id)
+    assert rt.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items == []
+    # An id that is no id at all is still the caller's mistake.
+    with pytest.raises(grpc.RpcError) as err:
+        rt.StopContainer(api_pb2.StopContainerRequest(container_id="../x"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("container_id")
 
 
 def test_daemon_killed_and_restarted_while_pods_log(daemon: Daemon) -> None:
@@ -445,9 +596,10 @@ def test_create_remove_cycles_leave_nothing(daemon: Daemon) -> None:
             if (daemon.run_dir / "netns").exists()
             else 0
         )
-        # Pods' cgroups live under /rktlet by default (no cgroup parent given).
+        # Pods' cgroups live under /rktlet by default (no cgroup parent given); other
+        # daemons on the machine share that parent, so only this test's ids count.
         memory_cgroups = Path("/sys/fs/cgroup/memory/rktlet")
-        cgroups = len(list(memory_cgroups.iterdir())) if memory_cgroups.exists() else 0
+        cgroups = sum(1 for oid in created if (memory_cgroups / oid).exists())
         monitors = subprocess.run(
             ["pgrep", "-f", f"iottymux monitor --run-dir {daemon.run_dir}"],
             capture_output=True,
@@ -456,6 +608,7 @@ def test_create_remove_cycles_leave_nothing(daemon: Daemon) -> None:
         ).stdout.split()
         return mounts, fds, netns, cgroups, len(monitors)
 
+    created: list[str] = []
     daemon.runtime.RemovePodSandbox(
         api_pb2.RemovePodSandboxRequest(pod_sandbox_id=daemon.run_pod("warmup")[0])
     )
@@ -463,7 +616,8 @@ def test_create_remove_cycles_leave_nothing(daemon: Daemon) -> None:
     cycles = int(os.environ.get("RKTLET_CYCLES", "200"))
     for i in range(cycles):
         pod_id, pod_config = daemon.run_pod(f"cycle{i}")
-        daemon.run_container(pod_id, pod_config, daemon.container_config("c", "busybox", ["true"]))
+        config = daemon.container_config("c", "busybox", ["true"])
+        created += [pod_id, daemon.run_container(pod_id, pod_config, config)]
         daemon.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
     after = snapshot()
     assert after == before

@@ -7,6 +7,7 @@ namespace; the clients run in a thread that has entered it.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -88,6 +89,36 @@ def test_exec_tty_resize_seen_by_stty(daemon: Daemon) -> None:
     assert code == 3
 
 
+def test_tty_exec_input_waits_for_the_process(daemon: Daemon) -> None:
+    # crictl exec -it sends a NUL when its terminal goes raw with an EOF pending; fed
+    # into the terminal before runc has started the process, the terminal echoed it
+    # ("^@") ahead of any output.  Input now flows once the process runs, as with
+    # containerd's shim -- so a command that never starts echoes nothing at all.
+    container = running(daemon, "exectty-early", ["sleep", "600"])
+    url = exec_url(daemon, container, ["/no/such/binary"], stdin=True, stdout=True, tty=True)
+
+    async def session() -> tuple[bytes, str]:
+        exe = await SpdyExec.connect(url, stdin=True, stdout=True, stderr=False, tty=True)
+        await exe.write_stdin(b"\x00typed ahead\r")
+        result = await exe.wait(timeout=30)
+        return result.stdout, result.status.message
+
+    out, message = in_netns(daemon, session)
+    assert out == b""
+    assert "/no/such/binary" in message
+    # Once it runs, what the client types reaches it, byte for byte.
+    url = exec_url(
+        daemon, container, ["sh", "-c", "read x; echo got $x"], stdin=True, stdout=True, tty=True
+    )
+
+    async def typed() -> bytes:
+        exe = await SpdyExec.connect(url, stdin=True, stdout=True, stderr=False, tty=True)
+        await exe.write_stdin(b"abc\r")
+        return (await exe.wait(timeout=30)).stdout
+
+    assert in_netns(daemon, typed) == b"abc\r\ngot abc\r\n"
+
+
 def test_attach_with_stdin_once_ends_the_shell(daemon: Daemon) -> None:
     container = running(daemon, "attach", ["sh"], stdin=True, stdin_once=True)
     url = str(
@@ -99,6 +130,58 @@ def test_attach_with_stdin_once_ends_the_shell(daemon: Daemon) -> None:
     assert result.stdout == b"via attach\n"
     status = daemon.wait_exited(container)
     assert status.exit_code == 4
+
+
+def attach_url(daemon: Daemon, container_id: str, **flags: bool) -> str:
+    return str(daemon.runtime.Attach(api_pb2.AttachRequest(container_id=container_id, **flags)).url)
+
+
+async def ws_v5(url: str, chunks: list[bytes]) -> tuple[str | None, dict[int, bytes], int | None]:
+    """A v5.channel.k8s.io session: send ``chunks`` on stdin, CLOSE it, read to the end.
+
+    Returns the subprotocol, what arrived on each channel, and the close code.
+    """
+    from websockets.asyncio.client import connect as ws_connect
+
+    from streaming import remotecommand as rc
+
+    got: dict[int, bytes] = {}
+    async with ws_connect("ws" + url[len("http") :], subprotocols=[rc.V5]) as ws:  # type: ignore[list-item]
+        for chunk in chunks:
+            await ws.send(rc.encode_channel_message(0, chunk, base64_mode=False))
+        await ws.send(rc.encode_close_signal(0))
+        async for message in ws:
+            data = message.encode() if isinstance(message, str) else bytes(message)
+            decoded = rc.decode_channel_message(data, base64_mode=False)
+            assert decoded is not None
+            got[decoded[0]] = got.get(decoded[0], b"") + decoded[1]
+        return ws.subprotocol, got, ws.close_code
+
+
+def test_attach_ends_when_the_clients_input_ends(daemon: Daemon) -> None:
+    # Not stdin_once: the client's half-close ends its session (exit 0, as containerd),
+    # after the app's answer to the last input came through; the app keeps running with
+    # its stdin open for the next attacher -- over SPDY and over WebSocket.
+    container = running(daemon, "attach-many", ["sh"], stdin=True)
+
+    async def spdy(typed: bytes) -> tuple[bytes, int | None]:
+        url = attach_url(daemon, container, stdin=True, stdout=True, stderr=True)
+        session = await SpdyExec.connect(url, stdin=True, stdout=True, stderr=True)
+        await session.write_stdin(typed)
+        await session.close_stdin()
+        result = await session.wait(timeout=30)
+        return result.stdout, result.exit_code
+
+    assert in_netns(daemon, lambda: spdy(b"echo first\n")) == (b"first\n", 0)
+    assert in_netns(daemon, lambda: spdy(b"echo second\n")) == (b"second\n", 0)
+    url = attach_url(daemon, container, stdin=True, stdout=True, stderr=True)
+    _, got, _ = in_netns(daemon, lambda: ws_v5(url, [b"echo third\n"]))
+    assert got.get(1) == b"third\n"
+    assert json.loads(got[3])["status"] == "Success"
+    status = daemon.runtime.ContainerStatus(
+        api_pb2.ContainerStatusRequest(container_id=container)
+    ).status
+    assert status.state == api_pb2.ContainerState.CONTAINER_RUNNING
 
 
 def test_port_forward_two_connections_and_host_network(daemon: Daemon) -> None:
@@ -293,31 +376,12 @@ def test_fifty_concurrent_execs_in_one_container(daemon: Daemon) -> None:
 
 def test_websocket_v5_stdin_close_reaches_cat(daemon: Daemon) -> None:
     """v5.channel.k8s.io CLOSE of stdin is EOF for ``cat`` in the container: it exits 0."""
-    import json
-
-    from websockets.asyncio.client import connect as ws_connect
-
     from streaming import remotecommand as rc
 
     container = running(daemon, "wscat", ["sleep", "600"])
     url = exec_url(daemon, container, ["cat"], stdin=True, stdout=True, stderr=True)
     payload = [b"first line\n", b"second, " * 1000 + b"end\n"]
-
-    async def session() -> tuple[str | None, dict[int, bytes], int | None]:
-        got: dict[int, bytes] = {}
-        ws_url = "ws" + url[len("http") :]
-        async with ws_connect(ws_url, subprotocols=[rc.V5]) as ws:  # type: ignore[list-item]
-            for chunk in payload:
-                await ws.send(rc.encode_channel_message(0, chunk, base64_mode=False))
-            await ws.send(rc.encode_close_signal(0))
-            async for message in ws:
-                data = message.encode() if isinstance(message, str) else bytes(message)
-                decoded = rc.decode_channel_message(data, base64_mode=False)
-                assert decoded is not None
-                got[decoded[0]] = got.get(decoded[0], b"") + decoded[1]
-            return ws.subprotocol, got, ws.close_code
-
-    protocol, got, close_code = in_netns(daemon, lambda: asyncio.wait_for(session(), 30))
+    protocol, got, close_code = in_netns(daemon, lambda: asyncio.wait_for(ws_v5(url, payload), 30))
     assert protocol == rc.V5
     assert got.get(1, b"") == b"".join(payload)
     assert got.get(2, b"") == b""

@@ -178,3 +178,66 @@ def test_security_capability_xattr_is_kept_and_trusted_is_not(tmp_path: Path) ->
     fs, _ = _unpack(tmp_path, out.getvalue())
     assert os.getxattr(fs / "ping", "security.capability") == cap.encode("utf-8", "surrogateescape")
     assert "trusted.overlay.redirect" not in os.listxattr(fs / "ping")
+
+
+def _stream_tar(entries: list[tuple[str, bytes]], *, tail: bytes) -> bytes:
+    """A tar stream written entry by entry, the last one followed by ``tail`` only.
+
+    Each header is a ustar block; data is padded to 512 bytes between entries, and
+    after the last entry comes exactly ``tail`` (b"" is what ``umoci insert`` writes:
+    no padding and no end-of-archive blocks).
+    """
+    out = bytearray()
+    for i, (name, data) in enumerate(entries):
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime = len(data), 0o644, EPOCH
+        out += info.tobuf(format=tarfile.USTAR_FORMAT)
+        out += data
+        if i < len(entries) - 1:
+            out += bytes(-len(data) % tarfile.BLOCKSIZE)
+    return bytes(out + tail)
+
+
+ENTRIES = [("etc/first", b"one\n"), ("etc/last", b"the last entry's 31 data bytes\n")]
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        pytest.param(b"", id="no-padding-no-eoa"),
+        pytest.param(bytes(100), id="part-of-the-padding"),
+        pytest.param(bytes(512 - 31), id="padding-no-eoa"),
+        pytest.param(bytes(512 - 31 + 512), id="padding-one-zero-block"),
+    ],
+)
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_stream_ending_after_the_last_entrys_data_is_accepted(
+    tmp_path: Path, tail: bytes, compression: str
+) -> None:
+    tar = _stream_tar(ENTRIES, tail=tail)
+    fs, diff_id = _unpack(tmp_path, tar, compression)
+    assert (fs / "etc/first").read_bytes() == b"one\n"
+    assert (fs / "etc/last").read_bytes() == ENTRIES[1][1]
+    # The diff id is the digest of the bytes as given, not of a repaired archive.
+    assert diff_id == "sha256:" + hashlib.sha256(tar).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("cut", "message"),
+    [
+        pytest.param(1, "unexpected end of data", id="data-one-byte-short"),
+        pytest.param(31, "unexpected end of data", id="no-data-at-all"),
+    ],
+)
+def test_entry_data_cut_short_is_still_corrupt(tmp_path: Path, cut: int, message: str) -> None:
+    tar = _stream_tar(ENTRIES, tail=b"")[:-cut]
+    with pytest.raises(LayerError, match=message):
+        _unpack(tmp_path, tar)
+
+
+def test_header_cut_short_is_still_corrupt(tmp_path: Path) -> None:
+    whole = _stream_tar([*ENTRIES, ("etc/third", b"3")], tail=b"")
+    # Stop 100 bytes into the third entry's header.
+    cut = whole[: whole.index(b"etc/third") + 100]
+    with pytest.raises(LayerError, match="cut short"):
+        _unpack(tmp_path, cut)

@@ -22,6 +22,7 @@ from cri.network import (
     run_in_netns,
     run_in_netns_async,
 )
+from cri.network.netns import InterfaceCounters, interface_counters, parse_net_dev
 from tests.network.helpers import mounts_under
 
 pytestmark = pytest.mark.root
@@ -183,3 +184,42 @@ def test_create_from_inside_another_namespace(run_dir: Path) -> None:
     inner = run_in_netns(outer, lambda: create_netns(run_dir, "inner"))
     assert len({netns_id(outer), netns_id(inner), current_netns_id()}) == 3
     assert run_in_netns(inner, socket.if_nameindex) == [(1, "lo")]
+
+
+NET_DEV = (
+    "Inter-|   Receive                                                |  Transmit\n"
+    " face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets "
+    "errs drop fifo colls carrier compressed\n"
+    "    lo:     100       2    0    0    0     0          0         0      100       2"
+    "    0    0    0     0       0          0\n"
+    "  eth0:    1586      19    1    2    0     0          0         0      936      12"
+    "    3    4    0     0       0          0\n"
+    "broken: 1 2 3\n"
+)
+
+
+def test_parse_net_dev() -> None:
+    counters = parse_net_dev(NET_DEV)
+    assert counters == {
+        "lo": InterfaceCounters(100, 2, 0, 0, 100, 2, 0, 0),
+        "eth0": InterfaceCounters(1586, 19, 1, 2, 936, 12, 3, 4),
+    }
+
+
+def test_interface_counters_are_the_namespaces_own(run_dir: Path) -> None:
+    path = create_netns(run_dir, "counted")
+
+    def talk() -> None:
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            client = socket.create_connection(server.getsockname(), timeout=5)
+            conn, _ = server.accept()
+            with client, conn:
+                client.sendall(b"x" * 1000)
+                assert conn.recv(1000)
+
+    assert set(interface_counters(path)) == {"lo"}  # not this process's interfaces
+    before = interface_counters(path)["lo"]
+    run_in_netns(path, talk)
+    after = interface_counters(path)["lo"]
+    assert after.rx_bytes >= before.rx_bytes + 1000
+    assert after.tx_packets > before.tx_packets

@@ -340,3 +340,115 @@ def test_remove_cgroup_reports_leftovers(v1_tree: CgroupLayout, tmp_path: Path) 
     assert cgroups.remove_cgroup("/empty", v1_tree) == []
     left = cgroups.remove_cgroup("/pod", v1_tree)  # not empty: reported, not raised
     assert left and all(p.endswith("/pod") for p in left)
+
+
+@pytest.mark.parametrize(
+    ("mountinfo", "controllers"),
+    [
+        pytest.param(
+            "32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n"
+            "40 31 0:37 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd\n",
+            {"cpu"},
+            id="v1",
+        ),
+        pytest.param(
+            "32 31 0:29 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"
+            "41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n",
+            {"memory"},
+            id="hybrid-counts-v1-only",
+        ),
+    ],
+)
+def test_controllers_of_a_layout(mountinfo: str, controllers: set[str]) -> None:
+    assert cgroups.parse_mountinfo(mountinfo).controllers() == frozenset(controllers)
+
+
+def test_read_detail_v1(tmp_path: Path) -> None:
+    base = tmp_path / "v1"
+    write(
+        base / "cpuacct/pod/c",
+        {"cpuacct.usage_user": "3000000000\n", "cpuacct.usage_sys": "1500000000\n"},
+    )
+    write(
+        base / "cpu/pod/c",
+        {
+            "cpu.stat": "nr_periods 10\nnr_throttled 4\nthrottled_time 2500000000\n",
+            "cpu.cfs_period_us": "100000\n",
+            "cpu.cfs_quota_us": "-1\n",
+            "cpu.shares": "512\n",
+        },
+    )
+    write(
+        base / "memory/pod/c",
+        {
+            "memory.stat": "cache 1\nmapped_file 2\ntotal_cache 300\ntotal_mapped_file 200\n",
+            "memory.max_usage_in_bytes": "4096000\n",
+            "memory.failcnt": "7\n",
+            "memory.soft_limit_in_bytes": "9223372036854771712\n",
+            "memory.memsw.limit_in_bytes": "33554432\n",
+        },
+    )
+    write(
+        base / "blkio/pod/c",
+        {
+            "blkio.throttle.io_service_bytes_recursive": "8:0 Read 4096\n8:0 Write 8192\n"
+            "8:0 Sync 0\n8:0 Total 12288\nTotal 12288\n",
+            "blkio.throttle.io_serviced_recursive": "8:0 Read 1\n8:0 Write 2\nTotal 3\n",
+        },
+    )
+    write(base / "pids/pod/c", {"pids.current": "5\n", "pids.max": "max\n", "cgroup.procs": "42\n"})
+    v1 = {
+        name: CgroupMount(str(base / name))
+        for name in ("cpu", "cpuacct", "memory", "pids", "blkio")
+    }
+    detail = cgroups.read_detail("/pod/c", CgroupLayout(CgroupMode.V1, v1))
+    assert detail.values == {
+        "cpu_user": 3_000_000_000,
+        "cpu_system": 1_500_000_000,
+        "cfs_periods": 10,
+        "cfs_throttled_periods": 4,
+        "cfs_throttled": 2_500_000_000,
+        "spec_cpu_period": 100000,
+        "spec_cpu_shares": 512,
+        "memory_cache": 300,
+        "memory_mapped_file": 200,
+        "memory_max_usage": 4096000,
+        "memory_failcnt": 7,
+        "spec_memory_swap_limit": 33554432,
+        "threads": 5,
+    }
+    assert detail.io == {"8:0": {"read_bytes": 4096, "write_bytes": 8192, "reads": 1, "writes": 2}}
+    assert detail.pids == (42,)
+
+
+def test_read_detail_v2(v2_tree: CgroupLayout, tmp_path: Path) -> None:
+    write(
+        tmp_path / "v2/pod/c",
+        {
+            "cpu.stat": "usage_usec 5000\nuser_usec 4000\nsystem_usec 1000\nnr_periods 3\n"
+            "nr_throttled 1\nthrottled_usec 250\n",
+            "cpu.max": "50000 100000\n",
+            "cpu.weight": "100\n",
+            "memory.peak": "9000000\n",
+            "memory.high": "max\n",
+            "io.stat": "8:16 rbytes=10 wbytes=20 rios=1 wios=2 dbytes=0 dios=0\n",
+            "cgroup.procs": "7\n8\n",
+        },
+    )
+    detail = cgroups.read_detail("/pod/c", v2_tree)
+    assert detail.values == {
+        "cpu_user": 4_000_000,
+        "cpu_system": 1_000_000,
+        "cfs_periods": 3,
+        "cfs_throttled_periods": 1,
+        "cfs_throttled": 250_000,
+        "spec_cpu_period": 100000,
+        "spec_cpu_quota": 50000,
+        "spec_cpu_shares": 2597,  # runc maps shares 2..262144 onto weights 1..10000
+        "memory_cache": 100,
+        "memory_max_usage": 9000000,
+        "threads": 2,
+        "threads_max": 100,
+    }
+    assert detail.io == {"8:16": {"read_bytes": 10, "write_bytes": 20, "reads": 1, "writes": 2}}
+    assert detail.pids == (7, 8)

@@ -327,6 +327,55 @@ def test_memory_limit_in_container_cgroup(runner: Runner, rootfs: Path) -> None:
     assert started.pid in cgroups.cgroup_pids(cg, layout)
 
 
+def kubelet_hugepage_limits(config: api_pb2.ContainerConfig) -> None:
+    """What the kubelet sends with every container: each of the node's page sizes, at 0."""
+    for size in ("2MB", "1GB"):
+        config.linux.resources.hugepage_limits.append(
+            api_pb2.HugepageLimit(page_size=size, limit=0)
+        )
+
+
+def test_kubelet_hugepage_limits_run_on_any_host(
+    runner: Runner, rootfs: Path, host: HostInfo
+) -> None:
+    cfg = sh("echo ran")
+    kubelet_hugepage_limits(cfg)
+    cfg.linux.resources.memory_limit_in_bytes = 64 << 20
+    warnings: list[str] = []
+    assert run_ok(runner, rootfs, cfg, warnings=warnings) == "ran\n"
+    has_hugetlb = host.cgroup_controllers is None or "hugetlb" in host.cgroup_controllers
+    sizes = host.hugepage_sizes or frozenset()
+    if has_hugetlb and {"2MB", "1GB"} <= sizes:
+        assert warnings == []
+    else:
+        # Dropped, and said once: one warning for the container, not one per size.
+        assert len(warnings) == 1, warnings
+        assert "hugepage_limits" in warnings[0]
+
+
+def test_hugepage_limit_is_applied_where_the_host_has_hugetlb(
+    runner: Runner, rootfs: Path, host: HostInfo
+) -> None:
+    if host.cgroup_controllers is not None and "hugetlb" not in host.cgroup_controllers:
+        pytest.skip("this host has no hugetlb cgroup controller to apply the limit in")
+    if "2MB" not in (host.hugepage_sizes or frozenset()):
+        pytest.skip("this kernel offers no 2MB huge pages")
+    cfg = sh("echo ready; read x")
+    cfg.linux.resources.hugepage_limits.append(
+        api_pb2.HugepageLimit(page_size="2MB", limit=4 << 21)
+    )
+    cid = unique_id()
+    started = runner.start(spec_for(runner, rootfs, cfg, cid=cid), cid)
+    assert started.readline() == b"ready\n"
+    layout = cgroups.detect_layout()
+    directory = layout.controller_path("hugetlb", cgroups.cgroup_dir(started.cgroup))
+    assert directory is not None
+    name = (
+        "hugetlb.2MB.max" if layout.mode is cgroups.CgroupMode.V2 else "hugetlb.2MB.limit_in_bytes"
+    )
+    assert Path(directory, name).read_text().strip() == str(4 << 21)
+
+
 def test_stats_of_a_running_container(runner: Runner, rootfs: Path) -> None:
     # The shell burns CPU only between our line on stdin and its "done": the two samples
     # around that phase must show usage, without sleeping for a guessed duration.

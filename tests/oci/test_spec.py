@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from cri.api import api_pb2
-from cri.errors import InvalidArgument, Unimplemented
+from cri.errors import FailedPrecondition, InvalidArgument
 from cri.oci.capabilities import ALL_CAPABILITIES, DEFAULT_CAPABILITIES, resolve_capabilities
-from cri.oci.host import HostInfo
+from cri.oci.host import HostInfo, hugepage_sizes
 from cri.oci.image_config import ImageConfig, parse_stop_signal
 from cri.oci.mounts import DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS, cri_mounts
 from cri.oci.resources import check_sysctls, linux_resources
@@ -36,6 +36,13 @@ HOST = HostInfo(
     nofile_hard=1 << 20,
     min_oom_score_adj=-1000,
 )
+# The kubelet sends a zero limit for each of the node's page sizes with every container.
+KUBELET_HUGEPAGES = [
+    api_pb2.HugepageLimit(page_size="2MB", limit=0),
+    api_pb2.HugepageLimit(page_size="1GB", limit=0),
+]
+# This kind of machine: v1 hierarchies for all but hugetlb (and the net ones).
+V1_NO_HUGETLB = frozenset({"cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "pids"})
 POD_NS = PodNamespaces(
     network="/run/netns/pod", ipc="/proc/42/ns/ipc", uts="/proc/42/ns/uts", pid="/proc/42/ns/pid"
 )
@@ -600,15 +607,49 @@ def test_mount_propagation(
         ),
         pytest.param(
             {"host_path": "/", "container_path": "/v", "recursive_read_only": True},
-            Unimplemented,
-            "recursive_read_only",
-            id="rro",
+            InvalidArgument,
+            "recursive_read_only: needs readonly",
+            id="rro-not-readonly",
+        ),
+        pytest.param(
+            {
+                "host_path": "/",
+                "container_path": "/v",
+                "readonly": True,
+                "recursive_read_only": True,
+                "propagation": api_pb2.PROPAGATION_HOST_TO_CONTAINER,
+            },
+            InvalidArgument,
+            "recursive_read_only: needs propagation PROPAGATION_PRIVATE",
+            id="rro-propagation",
         ),
         pytest.param(
             {"container_path": "/v", "image": api_pb2.ImageSpec(image="x")},
-            Unimplemented,
-            "image",
-            id="image-volume",
+            FailedPrecondition,
+            "image: the image volume was not prepared",
+            id="image-volume-unprepared",
+        ),
+        pytest.param(
+            {"container_path": "/v", "host_path": "/", "image": api_pb2.ImageSpec(image="x")},
+            InvalidArgument,
+            "host_path: must be empty",
+            id="image-volume-and-host-path",
+        ),
+        pytest.param(
+            {"container_path": "/v", "host_path": "/", "image_sub_path": "x"},
+            InvalidArgument,
+            "image_sub_path: only valid with an image",
+            id="sub-path-without-image",
+        ),
+        pytest.param(
+            {
+                "container_path": "/v",
+                "host_path": "/",
+                "uidMappings": [api_pb2.IDMapping(host_id=1 << 20, container_id=0, length=10)],
+            },
+            FailedPrecondition,
+            "uidMappings: the idmapped mount was not prepared",
+            id="idmap-unprepared",
         ),
     ],
 )
@@ -724,6 +765,44 @@ def test_resources_in_spec(etc_root: Path) -> None:
             id="no-swap-accounting",
         ),
         pytest.param({"cpu_quota": -1}, HOST, {"cpu": {"quota": -1}}, False, id="unlimited-quota"),
+        pytest.param(
+            {"hugepage_limits": KUBELET_HUGEPAGES, "memory_limit_in_bytes": 100},
+            HostInfo(cgroup_controllers=V1_NO_HUGETLB),
+            {"memory": {"limit": 100, "swap": 100}},
+            True,
+            id="hugetlb-missing-v1-or-hybrid",
+        ),
+        pytest.param(
+            {"hugepage_limits": KUBELET_HUGEPAGES},
+            HostInfo(cgroup_v2=True, cgroup_controllers=frozenset({"cpu", "memory", "pids"})),
+            {},
+            True,
+            id="hugetlb-missing-v2",
+        ),
+        pytest.param(
+            {"hugepage_limits": KUBELET_HUGEPAGES},
+            HostInfo(
+                cgroup_controllers=V1_NO_HUGETLB | {"hugetlb"},
+                hugepage_sizes=frozenset({"2MB", "1GB"}),
+            ),
+            {"hugepageLimits": [{"pageSize": "2MB", "limit": 0}, {"pageSize": "1GB", "limit": 0}]},
+            False,
+            id="hugetlb-present",
+        ),
+        pytest.param(
+            {"hugepage_limits": KUBELET_HUGEPAGES},
+            HostInfo(hugepage_sizes=frozenset({"2MB"})),
+            {"hugepageLimits": [{"pageSize": "2MB", "limit": 0}]},
+            True,
+            id="page-size-the-kernel-lacks",
+        ),
+        pytest.param(
+            {"cpu_shares": 2, "cpuset_cpus": "0", "memory_limit_in_bytes": 100},
+            HostInfo(cgroup_controllers=frozenset({"cpuset"}), swap_accounting=False),
+            {"cpu": {"cpus": "0"}},
+            True,
+            id="cpu-and-memory-missing",
+        ),
         pytest.param({"unified": {"memory.high": "1000"}}, HOST, {}, True, id="unified-on-v1"),
         pytest.param(
             {"unified": {"memory.high": "1000"}},
@@ -740,7 +819,25 @@ def test_linux_resources(
     warnings: list[str] = []
     res = api_pb2.LinuxContainerResources(**fields)
     assert linux_resources(res, host, warn=warnings.append) == expected
-    assert bool(warnings) is warns
+    # Whatever was dropped, and for whatever reasons, the container gets one warning.
+    assert len(warnings) == (1 if warns else 0)
+
+
+def test_dropped_limits_are_named_in_the_warning() -> None:
+    warnings: list[str] = []
+    res = api_pb2.LinuxContainerResources(hugepage_limits=KUBELET_HUGEPAGES, cpu_shares=2)
+    host = HostInfo(cgroup_controllers=frozenset({"memory"}))
+    assert linux_resources(res, host, warn=warnings.append) == {}
+    assert warnings == [
+        "linux.resources: not applied, this host cannot take them: "
+        "cpu_shares (no cpu controller); hugepage_limits (no hugetlb controller)"
+    ]
+
+
+def test_hugepage_sizes_are_spelt_as_runc_spells_them(tmp_path: Path) -> None:
+    for name in ("hugepages-2048kB", "hugepages-1048576kB", "hugepages-64kB", "other"):
+        (tmp_path / name).mkdir()
+    assert hugepage_sizes(str(tmp_path)) == {"2MB", "1GB", "64KB"}
 
 
 @pytest.mark.parametrize(
@@ -897,7 +994,7 @@ def test_namespace_errors(etc_root: Path) -> None:
         build(etc_root, _with_ns(api_pb2.POD, api_pb2.TARGET, api_pb2.POD))
     cfg = _with_ns(api_pb2.POD, api_pb2.POD, api_pb2.POD)
     cfg.linux.security_context.namespace_options.userns_options.mode = api_pb2.POD
-    with pytest.raises(Unimplemented, match="userns_options"):
+    with pytest.raises(InvalidArgument, match="userns_options: the pod sandbox does not have"):
         build(etc_root, cfg)
 
 
@@ -1009,9 +1106,12 @@ def test_sandbox_spec_errors() -> None:
         sandbox_spec(sandbox_config(network=api_pb2.POD, hostname="bad_name!"))
 
 
-def test_sandbox_hostname_defaults_to_pod_name() -> None:
-    spec = sandbox_spec(sandbox_config(network=api_pb2.POD, hostname=""))
-    assert spec["hostname"] == "pod"
+def test_empty_sandbox_hostname_keeps_the_nodes() -> None:
+    # No "hostname": the pod's UTS namespace starts with the node's name, and a pod
+    # name that is no host name (crictl's are over 64 characters) is not an error.
+    pod = sandbox_config(network=api_pb2.POD, hostname="")
+    pod.metadata.name = "create-PodSandbox-for-container-" + "0c8e4b1a-4a43-4e61-9f1b-7b1b2f2e0a9d"
+    assert "hostname" not in sandbox_spec(pod)
 
 
 def test_sandbox_run_as_user_and_seccomp() -> None:

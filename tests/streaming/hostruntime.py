@@ -107,7 +107,10 @@ class HostRuntime:
         self.containers: dict[str, HostContainer] = {}
         self.exec_calls = 0
         self.running: set[int] = set()
-        #: Set whenever a process starts or ends (tests wait on it, never poll).
+        #: Every terminal size applied to an exec's pty, in order.
+        self.resizes: list[tuple[int, int]] = []
+        #: Set whenever a process starts or ends or a pty is resized (tests wait on
+        #: it, never poll).
         self.changed = asyncio.Event()
 
     def _started(self, pid: int) -> None:
@@ -219,6 +222,8 @@ class HostRuntime:
             assert resize_queue is not None
             async for size in resize_queue:
                 set_winsize(master, size.width, size.height)
+                self.resizes.append((size.width, size.height))
+                self.changed.set()
 
         reader = asyncio.create_task(output())
         helpers = []

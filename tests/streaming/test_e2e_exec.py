@@ -415,25 +415,43 @@ def test_crictl_bytes_replayed_against_rktlet(name: str) -> None:
         old = head.split(b" ", 2)[1]
         head = head.replace(old, ("/" + url.split("/", 3)[3]).encode(), 1)
         body = cap.after_head("c2s")
-        # Drop the client's own trailing shutdown frames: it sent them after reading.
-        buf, decoder, keep = bytearray(body), spdy.HeaderBlockDecoder(), b""
-        while len(buf) >= 8:
-            before = bytes(buf)
-            frame = spdy.maybe_read_frame(buf, decoder)
-            if frame is None or isinstance(frame, spdy.GoAwayFrame | spdy.RstStreamFrame):
-                break
-            keep += before[: len(before) - len(buf)]
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(head + keep)
-        await writer.drain()
-        response = await reader.readuntil(b"\r\n\r\n")
-        # crictl offers v5 first; rktlet serves it (containerd would pick v4).
-        assert b"X-Stream-Protocol-Version: v5.channel.k8s.io" in response
         labels = {
             f["stream_id"]: f["headers"][0][1][0]
             for f in cap.frames("c2s")
             if f["type"] == "SYN_STREAM"
         }
+        # Drop the client's own trailing shutdown frames: it sent them after reading.
+        # crictl typed only after its resizes had taken effect (it saw the shell
+        # redraw): hold the input back until the runtime has applied them too.
+        buf, decoder = bytearray(body), spdy.HeaderBlockDecoder()
+        before_input, typed = b"", b""
+        last_size: tuple[int, int] | None = None
+        while len(buf) >= 8:
+            before = bytes(buf)
+            frame = spdy.maybe_read_frame(buf, decoder)
+            if frame is None or isinstance(frame, spdy.GoAwayFrame | spdy.RstStreamFrame):
+                break
+            raw = before[: len(before) - len(buf)]
+            label = labels.get(getattr(frame, "stream_id", -1))
+            if typed or (isinstance(frame, spdy.DataFrame) and label == "stdin"):
+                typed += raw
+            else:
+                before_input += raw
+                if isinstance(frame, spdy.DataFrame) and label == "resize":
+                    size = json.loads(frame.data)
+                    last_size = (size["Width"], size["Height"])
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(head + before_input)
+        await writer.drain()
+        response = await reader.readuntil(b"\r\n\r\n")
+        if last_size is not None:
+            # Sizes sent back to back may be coalesced (newest wins): wait for the last.
+            applied = runtime.wait_for(lambda: runtime.resizes[-1:] == [last_size])
+            await asyncio.wait_for(applied, 10)
+        writer.write(typed)
+        await writer.drain()
+        # crictl offers v5 first; rktlet serves it (containerd would pick v4).
+        assert b"X-Stream-Protocol-Version: v5.channel.k8s.io" in response
         inbound, inflate = bytearray(), spdy.HeaderBlockDecoder()
         data: dict[str, bytes] = {}
         fins: set[str] = set()
