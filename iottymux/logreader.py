@@ -53,9 +53,10 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import IO, Final
+from dataclasses import dataclass, replace
+from typing import IO, Final, NamedTuple
 
+from iottymux.logblocks import check_run, full_prefix_end, run_end, strip_run
 from iottymux.logformat import (
     STREAMS,
     TIMESTAMP_WIDTH,
@@ -69,10 +70,12 @@ from iottymux.logformat import (
 
 __all__ = [
     "Block",
+    "DaemonUnavailable",
     "FollowGroup",
     "Inotify",
     "InotifyEvent",
     "LineDecoder",
+    "LineRun",
     "LogLine",
     "LogReadError",
     "LogSource",
@@ -87,8 +90,12 @@ __all__ = [
     "classify_segment",
     "fixed_timestamp",
     "list_segments",
+    "expand_runs",
     "merge_lines",
+    "merge_runs",
+    "parse_duration",
     "parse_time_arg",
+    "source_key",
     "read_lines",
     "read_log_file",
 ]
@@ -115,6 +122,10 @@ FOLLOW_TICK_NS: Final = 1_000_000_000
 
 class LogReadError(Exception):
     """A log source cannot be read at all (missing, unreadable, not a log)."""
+
+
+class DaemonUnavailable(Exception):
+    """A source is known only to the rktlet daemon, and it cannot answer."""
 
 
 @dataclass(slots=True)
@@ -163,6 +174,19 @@ _UNIT_NS: Final = {
 }
 
 
+def parse_duration(text: str) -> int:
+    """Nanoseconds in ``90s``, ``1h30m``, ``100ms`` (or ``0``); ValueError otherwise."""
+    value = text.strip()
+    if value == "0":
+        return 0
+    if not _DURATION_RE.fullmatch(value):
+        raise ValueError(f"not a duration: {text!r}")
+    total = 0.0
+    for number, unit in _DURATION_PART_RE.findall(value):
+        total += float(number) * _UNIT_NS[unit]
+    return int(total)
+
+
 def parse_time_arg(text: str, now_ns: int | None = None) -> int:
     """Epoch nanoseconds for a duration before now (``90s``, ``1h30m``) or an RFC 3339 time.
 
@@ -170,11 +194,8 @@ def parse_time_arg(text: str, now_ns: int | None = None) -> int:
     """
     value = text.strip()
     if _DURATION_RE.fullmatch(value):
-        total = 0.0
-        for number, unit in _DURATION_PART_RE.findall(value):
-            total += float(number) * _UNIT_NS[unit]
         now = time.time_ns() if now_ns is None else now_ns
-        return now - int(total)
+        return now - parse_duration(value)
     try:
         return parse_timestamp(value.encode("ascii"))
     except (LogFormatError, UnicodeEncodeError):
@@ -382,6 +403,87 @@ class LogLine:
         return self.ns if self.ns >= 0 else parse_timestamp(self.timestamp)
 
 
+class LineRun:
+    """Consecutive logical lines of one source that share stream and timestamp.
+
+    :attr:`data` is the lines' content, each followed by ``\\n``; ``count`` is how
+    many.  ``complete`` is False only for a single line whose ``F`` never came (a
+    stream that ended on a ``P`` piece): its ``\\n`` in ``data`` is ours, not the
+    app's.  ``ns`` is the parsed timestamp when the decoder was asked for it, else -1.
+
+    A run may still carry its record prefixes (``prefix``, when the decoder was asked
+    to keep them): every line but the first then starts with ``prefix`` in
+    :attr:`records`, and a format can put its own prefix in their place with one
+    ``bytes.replace`` instead of two.  :attr:`data` strips them on first use.
+    """
+
+    __slots__ = ("_data", "complete", "count", "ns", "prefix", "source", "stream", "timestamp")
+
+    def __init__(
+        self,
+        timestamp: bytes,
+        stream: bytes,
+        data: bytes,
+        count: int,
+        complete: bool = True,
+        source: SourceInfo | None = None,
+        ns: int = -1,
+        prefix: bytes = b"",
+    ) -> None:
+        self.timestamp = timestamp
+        self.stream = stream
+        self._data = data
+        self.count = count
+        self.complete = complete
+        self.source = source
+        self.ns = ns
+        self.prefix = prefix
+
+    @property
+    def data(self) -> bytes:
+        if self.prefix:
+            self._data = self._data.replace(b"\n" + self.prefix, b"\n")
+            self.prefix = b""
+        return self._data
+
+    @property
+    def records(self) -> bytes:
+        """The lines with their record prefixes but the first (see ``prefix``)."""
+        return self._data
+
+    @property
+    def size(self) -> int:
+        return len(self._data)
+
+    def with_data(self, data: bytes, count: int) -> LineRun:
+        """The same run holding other (e.g. filtered) lines."""
+        return LineRun(
+            self.timestamp, self.stream, data, count, self.complete, self.source, self.ns
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"LineRun({self.timestamp!r}, {self.stream!r}, {self._data[:40]!r}, "
+            f"count={self.count}, complete={self.complete}, prefix={self.prefix!r})"
+        )
+
+    @property
+    def time_ns(self) -> int:
+        return self.ns if self.ns >= 0 else parse_timestamp(self.timestamp)
+
+    @classmethod
+    def of(cls, line: LogLine) -> LineRun:
+        return cls(
+            line.timestamp,
+            line.stream,
+            line.content + b"\n",
+            1,
+            line.complete,
+            line.source,
+            line.ns,
+        )
+
+
 class PartialMerger:
     """Glues ``P`` pieces to their ``F``, one buffer per stream."""
 
@@ -445,7 +547,9 @@ class Block:
     counts the lines before an offset, for error messages only.  ``check_until``
     asks the decoder to test each record against ``until`` (segments that could
     not be binary-searched).  ``first_of_restart`` starts another container
-    instance's file, where no partial line can continue.
+    instance's file, where no partial line can continue.  ``stop`` ends the block
+    inside ``data`` (-1: at its end); what follows belongs to the next block, so a
+    read need not be copied to cut it at its last newline.
     """
 
     data: bytes
@@ -455,17 +559,34 @@ class Block:
     count_lines: Callable[[int], int] | None = None
     check_until: bool = False
     first_of_restart: bool = False
+    stop: int = -1
+
+    @property
+    def end(self) -> int:
+        return len(self.data) if self.stop < 0 else self.stop
 
 
 class LineDecoder:
     """Blocks of records → logical lines, with stream, since and until filters.
 
     Malformed lines go to ``on_error`` with their file and line number and are
-    skipped.  ``since_ns`` is tested per line only until one line passes (files are
+    skipped.  ``since_ns`` is tested per run only until one run passes (files are
     in time order); ``until_ns`` only for blocks marked ``check_until``.  With
-    ``parse_times`` every line's timestamp is parsed (``LogLine.ns``), which merging
+    ``parse_times`` every line's timestamp is parsed (``LineRun.ns``), which merging
     several sources needs; an unparsable one is then reported as malformed.
+
+    :meth:`feed_runs` is the decoder: runs of whole ``F`` records sharing a prefix
+    (:mod:`iottymux.logblocks`) become one :class:`LineRun` each with bytes operations
+    over the run; ``P`` pieces, the first ``F`` after a stream's pieces, and anything
+    odd go through :class:`PartialMerger` record by record.  :meth:`feed` is the same
+    output one :class:`LogLine` per line.
     """
+
+    #: After this many one-line runs in a row (a writer that stamps every line,
+    #: like containerd), stretches of the block are decoded record by record.
+    SHORT_RUNS: Final = 8
+    #: Bytes decoded record by record before runs are tried again.
+    RECORD_STRETCH: Final = 32 << 10
 
     def __init__(
         self,
@@ -477,10 +598,13 @@ class LineDecoder:
         until_ns: int | None = None,
         parse_times: bool = False,
         on_error: ErrorHandler | None = None,
+        keep_prefixes: bool = False,
     ) -> None:
         self.source = source
         self.streams = frozenset(streams)
         self.merge_partials = merge_partials
+        #: Leave record prefixes in runs (``LineRun.prefix``) for a format to replace.
+        self.keep_prefixes = keep_prefixes
         self.since_ns = since_ns
         self.until_ns = until_ns
         self.parse_times = parse_times
@@ -488,54 +612,169 @@ class LineDecoder:
         self.merger = PartialMerger(source)
         self.done = False
         self._times = TimestampParser()
+        self._short = 0
 
     @property
     def idle(self) -> bool:
-        """No partial line held and no since filter pending: blocks may bypass decoding."""
+        """No partial line held and no since filter pending."""
         return not self.merger.pending and self.since_ns is None and not self.done
 
     def feed(self, block: Block) -> list[LogLine]:
-        out: list[LogLine] = []
+        return expand_runs(self.feed_runs(block))
+
+    def feed_runs(self, block: Block) -> list[LineRun]:
+        out: list[LineRun] = []
         if self.done:
             return out
-        lines = block.data.split(b"\n")
-        if block.data.endswith(b"\n"):
+        data = block.data
+        n = block.end
+        if n and data[n - 1] != 0x0A:
+            # A torn last record (or a writer's last P at EOF): one record, alone.
+            last = data.rfind(b"\n", 0, n) + 1
+            if last:
+                out = self.feed_runs(replace(block, stop=last))
+            if not self.done:
+                self._records(block, last, n, out)
+            return out
+        find = data.find
+        pending = self.merger._pending if self.merge_partials else {}
+        until = self.until_ns if block.check_until else None
+        want_time = self.parse_times or until is not None or self.since_ns is not None
+        streams = self.streams
+        pos = 0
+        while pos < n:
+            line_end = find(b"\n", pos, n) + 1
+            ends = full_prefix_end(data, pos, line_end)
+            # The first F after a stream's P pieces finishes their line: a record's job.
+            if ends is None or data[ends[0] + 1 : ends[0] + 7] in pending:
+                self._records(block, pos, line_end, out)
+                pos = line_end
+                continue
+            ts_end, cut = ends
+            prefix = data[pos:cut]
+            end = run_end(data, pos, line_end, prefix, n)
+            # A run of one line is its own proof of contiguity.
+            kept = b""
+            if end == line_end:
+                stripped: tuple[bytes, int] | None = (data[cut:end], 1)
+            elif self.keep_prefixes:
+                stripped = check_run(data, pos, end, prefix)
+                kept = prefix
+            else:
+                stripped = strip_run(data, pos, end, prefix)
+            if stripped is None:
+                self._records(block, pos, end, out)
+                pos = end
+                continue
+            ns = -1
+            timestamp = prefix[: ts_end - pos]
+            if want_time:
+                try:
+                    ns = self._times.parse(timestamp)
+                except LogFormatError:
+                    self._records(block, pos, end, out)
+                    pos = end
+                    continue
+                if until is not None and ns > until:
+                    self.done = True
+                    return out
+            content, count = stripped
+            pos = end
+            if count == 1:
+                self._short += 1
+                if self._short >= self.SHORT_RUNS:
+                    stretch = find(b"\n", min(n - 1, pos + self.RECORD_STRETCH), n) + 1
+                    self._short = self.SHORT_RUNS // 2
+                    emitted = self._emit_run(timestamp, prefix, content, count, ns, streams, kept)
+                    if emitted is not None:
+                        out.append(emitted)
+                    self._records(block, pos, stretch, out)
+                    pos = stretch
+                    if self.done:
+                        return out
+                    continue
+            else:
+                self._short = 0
+            emitted = self._emit_run(timestamp, prefix, content, count, ns, streams, kept)
+            if emitted is not None:
+                out.append(emitted)
+        return out
+
+    def _emit_run(
+        self,
+        timestamp: bytes,
+        prefix: bytes,
+        content: bytes,
+        count: int,
+        ns: int,
+        streams: frozenset[bytes],
+        kept: bytes,
+    ) -> LineRun | None:
+        stream = prefix[len(timestamp) + 1 : len(timestamp) + 7]
+        if stream not in streams:
+            return None
+        if self.since_ns is not None:
+            if ns < self.since_ns:
+                return None
+            self.since_ns = None
+        return LineRun(timestamp, stream, content, count, True, self.source, ns, kept)
+
+    def _records(self, block: Block, start: int, stop: int, out: list[LineRun]) -> None:
+        """Decode ``block.data[start:stop]`` record by record (whole lines)."""
+        if self.done or start >= stop:
+            return
+        data = block.data
+        lines = data[start:stop].split(b"\n")
+        if data[stop - 1 : stop] == b"\n":
             lines.pop()
         streams = self.streams
         merger = self.merger if self.merge_partials else None
         until = self.until_ns if block.check_until else None
         want_time = self.parse_times or until is not None or self.since_ns is not None
         source = self.source
-        for index, raw in enumerate(lines):
+        offset = start
+        for raw in lines:
+            line_start = offset
+            offset += len(raw) + 1
             try:
                 record = parse_record(raw)
                 ns = self._times.parse(record.timestamp) if want_time else -1
             except LogFormatError as exc:
-                self._malformed(block, lines, index, str(exc))
+                self._malformed(block, line_start, raw, str(exc))
                 continue
             if until is not None and ns > until:
                 self.done = True
-                break
+                return
             if record.stream not in streams:
                 continue
             if merger is not None:
                 line = merger.feed(record)
                 if line is None:
                     continue
+                run = LineRun(
+                    line.timestamp, line.stream, line.content + b"\n", 1, line.complete, source
+                )
             else:
-                line = LogLine(
-                    record.timestamp, record.stream, record.content, not record.partial, source
+                run = LineRun(
+                    record.timestamp,
+                    record.stream,
+                    record.content + b"\n",
+                    1,
+                    not record.partial,
+                    source,
                 )
             if want_time:
-                line.ns = ns
+                run.ns = ns
             if self.since_ns is not None:
                 if ns < self.since_ns:
                     continue
                 self.since_ns = None
-            out.append(line)
-        return out
+            out.append(run)
 
     def finish(self) -> list[LogLine]:
+        return expand_runs(self.finish_runs())
+
+    def finish_runs(self) -> list[LineRun]:
         """End of input: unfinished lines come out incomplete (the kubelet emits them too)."""
         lines = self.merger.flush()
         if self.done:
@@ -543,25 +782,41 @@ class LineDecoder:
         kept = []
         for line in lines:
             try:
-                line.ns = self._times.parse(line.timestamp)
+                ns = self._times.parse(line.timestamp)
             except LogFormatError:
                 continue
-            if self.since_ns is not None and line.ns < self.since_ns:
+            if self.since_ns is not None and ns < self.since_ns:
                 continue
-            kept.append(line)
+            kept.append(
+                LineRun(
+                    line.timestamp, line.stream, line.content + b"\n", 1, False, self.source, ns
+                )
+            )
         return kept
 
-    def _malformed(self, block: Block, lines: list[bytes], index: int, reason: str) -> None:
+    def _malformed(self, block: Block, offset: int, raw: bytes, reason: str) -> None:
         if block.lineno is not None:
-            lineno: int | None = block.lineno + index
+            lineno: int | None = block.lineno + block.data.count(b"\n", 0, offset)
         elif block.count_lines is not None:
-            offset = block.offset + sum(len(line) + 1 for line in lines[:index])
-            lineno = block.count_lines(offset) + 1
+            lineno = block.count_lines(block.offset + offset) + 1
         else:
             lineno = None
-        raw = lines[index]
         shown = raw[:60] + (b"..." if len(raw) > 60 else b"")
         self.on_error(MalformedLine(block.path, lineno, f"{reason}: {shown!r}, skipped"))
+
+
+def expand_runs(runs: Iterable[LineRun]) -> list[LogLine]:
+    """One :class:`LogLine` per line of ``runs``."""
+    out: list[LogLine] = []
+    for run in runs:
+        if run.count == 1:
+            out.append(
+                LogLine(run.timestamp, run.stream, run.data[:-1], run.complete, run.source, run.ns)
+            )
+            continue
+        for content in run.data[:-1].split(b"\n"):
+            out.append(LogLine(run.timestamp, run.stream, content, True, run.source, run.ns))
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -571,9 +826,10 @@ class LineDecoder:
 class _PlainFile:
     """A read-only descriptor whose reads are counted in a :class:`ReadStats`."""
 
-    __slots__ = ("dev", "fd", "ino", "path", "stats")
+    __slots__ = ("_counted", "dev", "fd", "ino", "path", "stats")
 
     def __init__(self, path: str, stats: ReadStats) -> None:
+        self._counted = (0, 0)
         self.path = path
         self.stats = stats
         self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -600,15 +856,21 @@ class _PlainFile:
             self.fd = -1
 
     def count_lines(self, offset: int) -> int:
-        """Newlines before ``offset``; only for error messages, so its reads are not hidden."""
-        count = 0
-        pos = 0
+        """Newlines before ``offset``; only for error messages, so its reads are not hidden.
+
+        Remembers where it got to: errors come in file order, so the file is read
+        about once however many there are.
+        """
+        pos, count = self._counted
+        if offset < pos:
+            pos, count = 0, 0
         while pos < offset:
             data = self.pread(min(FORWARD_BLOCK, offset - pos), pos)
             if not data:
                 break
             count += data.count(b"\n")
             pos += len(data)
+        self._counted = (pos, count)
         return count
 
 
@@ -631,28 +893,32 @@ class _CountingReader:
 
 def _forward_blocks(
     file: _PlainFile, start: int, end: int, block_size: int = 0
-) -> Iterator[tuple[int, bytes]]:
-    """``(offset, data)`` blocks of whole lines covering ``[start, end)``.
+) -> Iterator[tuple[int, bytes, int]]:
+    """``(offset, data, stop)``: ``data[:stop]`` are whole lines covering ``[start, end)``.
 
-    Unterminated bytes at ``end`` come last, alone (a torn final record).
+    Each read starts where the last whole line ended (re-reading the few bytes of a
+    line cut by the previous read costs less than gluing and cutting copies of a
+    whole block).  Unterminated bytes at ``end`` come last, alone (a torn final
+    record), with ``stop == len(data)``.
     """
     block_size = block_size or FORWARD_BLOCK
     pos = start
-    carry = b""
+    size = block_size
     while pos < end:
-        data = file.pread(min(block_size, end - pos), pos)
+        want = min(size, end - pos)
+        data = file.pread(want, pos)
         if not data:
             break
-        pos += len(data)
-        buf = carry + data if carry else data
-        cut = buf.rfind(b"\n") + 1
-        if cut == 0:
-            carry = buf
+        stop = data.rfind(b"\n") + 1
+        if stop == 0:
+            if len(data) < want or pos + want >= end:
+                yield pos, data, len(data)
+                break
+            size *= 2  # a line longer than a block
             continue
-        yield pos - len(buf), buf[:cut]
-        carry = buf[cut:]
-    if carry:
-        yield pos - len(carry), carry
+        yield pos, data, stop
+        pos += stop
+        size = block_size
 
 
 def _gz_blocks(
@@ -805,6 +1071,11 @@ class ReadOptions:
     streams: frozenset[bytes] = frozenset(STREAMS)
     merge_partials: bool = True
     all_rotated: bool = False
+    #: Runs keep their record prefixes for the output format to replace (LineRun).
+    keep_prefixes: bool = False
+    #: Bytes per forward read (0: FORWARD_BLOCK); smaller when many sources are read
+    #: side by side, each holding a block.
+    block_size: int = 0
 
 
 class _Opened:
@@ -898,6 +1169,7 @@ class SourceReader:
             until_ns=options.until_ns,
             parse_times=parse_times,
             on_error=self.on_error,
+            keep_prefixes=options.keep_prefixes,
         )
         self._opened: list[_Opened] = []
         self._until_cut = False
@@ -1083,6 +1355,7 @@ class SourceReader:
 
     def blocks(self) -> Iterator[Block]:
         """The planned byte ranges as blocks of whole records, oldest first."""
+        options = self.options
         opened = self._open()
         self._opened = opened
         if not opened:
@@ -1103,7 +1376,7 @@ class SourceReader:
                 hi = end[1] if index == end[0] else item.end
                 file = item.file
                 lineno: int | None = 1 if lo == 0 else None
-                for offset, data in _forward_blocks(file, lo, hi):
+                for offset, data, stop in _forward_blocks(file, lo, hi, options.block_size):
                     yield Block(
                         data,
                         item.segment.path,
@@ -1112,10 +1385,10 @@ class SourceReader:
                         file.count_lines,
                         check_until,
                         first_of_restart,
+                        stop,
                     )
                     first_of_restart = False
-                    if lineno is not None:
-                        lineno += data.count(b"\n")
+                    lineno = None  # counted only for an error message, from the file
                 if index == len(opened) - 1:
                     self.live_end = hi
             else:
@@ -1127,7 +1400,9 @@ class SourceReader:
                         line_base = item._gz_data.count(b"\n", 0, lo) + 1
                     chunks: Iterable[tuple[int, bytes]] = [(lo, data)] if data else []
                 else:
-                    chunks = _gz_blocks(item.segment.path, self.stats, self.on_error)
+                    chunks = _gz_blocks(
+                        item.segment.path, self.stats, self.on_error, options.block_size
+                    )
                 for offset, data in chunks:
                     yield Block(
                         data,
@@ -1141,43 +1416,40 @@ class SourceReader:
                     first_of_restart = False
                     line_base += data.count(b"\n")
 
-    def restart_boundary(self) -> list[LogLine]:
+    def restart_boundary(self) -> list[LineRun]:
         """Call before a block marked ``first_of_restart``: ends the old instance's lines."""
-        lines = self.decoder.finish() if not self.decoder.done else []
+        runs = self.decoder.finish_runs() if not self.decoder.done else []
         self.decoder.merger = PartialMerger(self.source.info)
-        return lines
+        return runs
 
-    def finish(self) -> list[LogLine]:
+    def finish(self) -> list[LineRun]:
         """Call after the last block (not when following): the unfinished lines."""
         if self._until_cut:
             self.decoder.merger.flush()
-        return self.decoder.finish()
+        return self.decoder.finish_runs()
 
-    def lines(self) -> Iterator[LogLine]:
-        """Logical lines, oldest first (the last ``tail`` of them with ``tail``)."""
+    def runs(self) -> Iterator[LineRun]:
+        """Runs of logical lines, oldest first; ``tail`` is not applied (see :meth:`lines`)."""
         decoder = self.decoder
-        tail = self.options.tail
-        kept: deque[LogLine] | None = deque(maxlen=tail) if tail is not None else None
         try:
             for block in self.blocks():
-                batch = self.restart_boundary() if block.first_of_restart else []
-                batch += decoder.feed(block)
-                if kept is not None:
-                    kept.extend(batch)
-                else:
-                    yield from batch
+                if block.first_of_restart:
+                    yield from self.restart_boundary()
+                yield from decoder.feed_runs(block)
                 if decoder.done:
                     break
             if not self.follow:
-                final = self.finish()
-                if kept is not None:
-                    kept.extend(final)
-                else:
-                    yield from final
-            if kept is not None:
-                yield from kept
+                yield from self.finish()
         finally:
             self.close()
+
+    def lines(self) -> Iterator[LogLine]:
+        """Logical lines, oldest first (the last ``tail`` of them with ``tail``)."""
+        lines = (line for run in self.runs() for line in expand_runs((run,)))
+        tail = self.options.tail
+        if tail is None:
+            return lines
+        return iter(deque(lines, maxlen=tail))
 
 
 def read_lines(
@@ -1211,6 +1483,18 @@ def _line_time(line: LogLine) -> int:
     return line.ns if line.ns >= 0 else parse_timestamp(line.timestamp)
 
 
+def merge_runs(sources: Iterable[Iterable[LineRun]]) -> Iterator[LineRun]:
+    """Several sources' runs in time order (each source must be in time order).
+
+    A run's lines share one timestamp, so ordering runs orders their lines.
+    """
+    return heapq.merge(*sources, key=_run_time)
+
+
+def _run_time(run: LineRun) -> int:
+    return run.ns if run.ns >= 0 else parse_timestamp(run.timestamp)
+
+
 # ---------------------------------------------------------------------------
 # inotify, through libc (the package imports only the standard library)
 
@@ -1226,6 +1510,8 @@ IN_MOVE_SELF: Final = 0x00000800
 IN_Q_OVERFLOW: Final = 0x00004000
 IN_IGNORED: Final = 0x00008000
 IN_ONLYDIR: Final = 0x01000000
+IN_MASK_ADD: Final = 0x20000000
+IN_ISDIR: Final = 0x40000000
 IN_NONBLOCK: Final = os.O_NONBLOCK
 IN_CLOEXEC: Final = os.O_CLOEXEC
 
@@ -1236,8 +1522,8 @@ _FILE_MASK: Final = IN_MODIFY | IN_CLOSE_WRITE | IN_ATTRIB
 _EVENT_HEADER: Final = struct.Struct("iIII")
 
 
-@dataclass(frozen=True, slots=True)
-class InotifyEvent:
+class InotifyEvent(NamedTuple):
+    # A tuple, not a dataclass: hundreds of followed files make thousands a second.
     wd: int
     mask: int
     cookie: int
@@ -1294,12 +1580,18 @@ class Inotify:
             except InterruptedError:
                 continue
             pos = 0
-            while pos + _EVENT_HEADER.size <= len(data):
-                wd, mask, cookie, length = _EVENT_HEADER.unpack_from(data, pos)
-                pos += _EVENT_HEADER.size
-                name = data[pos : pos + length].split(b"\0", 1)[0]
-                pos += length
-                events.append(InotifyEvent(wd, mask, cookie, os.fsdecode(name)))
+            size = len(data)
+            header = _EVENT_HEADER.size
+            unpack = _EVENT_HEADER.unpack_from
+            while pos + header <= size:
+                wd, mask, cookie, length = unpack(data, pos)
+                pos += header
+                if length:
+                    name = os.fsdecode(data[pos : pos + length].split(b"\0", 1)[0])
+                    pos += length
+                else:
+                    name = ""  # an event on a watched file itself
+                events.append(InotifyEvent(wd, mask, cookie, name))
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -1436,32 +1728,105 @@ class RotationTracker:
         return max(0, quiet_since + self.grace_ns - now_ns)
 
 
+Notice = Callable[[str], None]
+WatchHandler = Callable[[InotifyEvent], None]
+
+
+class Watches:
+    """One inotify instance shared by many watchers, events dispatched by descriptor.
+
+    The kernel gives one descriptor per inode, so two watchers of the same directory
+    share it: handlers are kept per descriptor, masks are added up
+    (``IN_MASK_ADD``), and the watch goes only when its last handler does.
+    """
+
+    def __init__(self, inotify: Inotify) -> None:
+        self.inotify = inotify
+        self._handlers: dict[int, list[WatchHandler]] = {}
+
+    def add(self, path: str, mask: int, handler: WatchHandler) -> int:
+        wd = self.inotify.add_watch(path, mask | IN_MASK_ADD)
+        self._handlers.setdefault(wd, []).append(handler)
+        return wd
+
+    def remove(self, wd: int, handler: WatchHandler) -> None:
+        handlers = self._handlers.get(wd)
+        if handlers is None:
+            return  # the kernel dropped it (IN_IGNORED)
+        if handler in handlers:
+            handlers.remove(handler)
+        if not handlers:
+            del self._handlers[wd]
+            self.inotify.rm_watch(wd)
+
+    def dispatch(self, events: Iterable[InotifyEvent]) -> None:
+        for event in events:
+            if event.mask & IN_Q_OVERFLOW:
+                # Events were lost: every watcher must look again.
+                for handler in {h for hs in self._handlers.values() for h in hs}:
+                    handler(event)
+                continue
+            for handler in list(self._handlers.get(event.wd, ())):
+                handler(event)
+            if event.mask & IN_IGNORED:
+                self._handlers.pop(event.wd, None)
+
+    def __len__(self) -> int:
+        return len(self._handlers)
+
+
+@dataclass(frozen=True, slots=True)
+class _Parked:
+    """A followed file closed while idle: enough to find and reopen it by position."""
+
+    path: str
+    ino: int
+    offset: int
+    size: int
+    head: bytes
+
+
 class _Follower:
-    """Follows one source: reads the current file, switches segments as told."""
+    """Follows one source: reads the current file, switches segments as told.
+
+    An idle follower may be *parked* (:meth:`park`): its descriptor is closed but its
+    inotify watch, which holds the inode and not the descriptor, stays; the next
+    write, rename or listing change reopens the file by inode and goes on from the
+    same offset (from the ``.gz`` copy if the file was compressed away meanwhile).
+    """
 
     def __init__(
         self,
         source: LogSource,
         options: ReadOptions,
-        inotify: Inotify,
+        watches: Watches,
         stats: ReadStats,
         on_error: ErrorHandler,
         parse_times: bool,
         grace_ns: int,
+        notice: Notice | None = None,
     ) -> None:
         self.source = source
         self.options = options
-        self.inotify = inotify
+        self.watches = watches
         self.stats = stats
         self.on_error = on_error
+        self.notice = notice
         self.tracker = RotationTracker(grace_ns)
-        self.dir_wd = inotify.add_watch(source.directory, _DIR_MASK)
         self.cur: _PlainFile | None = None
         self.cur_wd = -1
         self.offset = 0
         self.pos_key: SegmentKey | None = None
         self.need_scan = True
         self.more = False
+        #: Something happened (an event, a timer): :meth:`step` has work.
+        self.dirty = True
+        #: The directory is gone (the pod or container was removed).
+        self.gone = False
+        self.parked: _Parked | None = None
+        self._parked_event = False
+        self.last_active = 0
+        self.dir_wd = watches.add(source.directory, _DIR_MASK, self.handle)
         # Open the live file before listing: whatever the listing shows older than it
         # is history, and nothing rotated in between can be missed.
         entries = source.listing()
@@ -1478,6 +1843,7 @@ class _Follower:
             if key is not None and options.all_rotated:
                 history = [entry for entry in self.tracker.entries if entry.key < key]
             history.append(Segment(self.cur.path, key or (0, 1, 0, ""), False, self.cur.ino))
+            self.pos_key = key
         else:
             # No live file: a single gzipped file named directly, or a container whose
             # live file is missing right now.
@@ -1496,24 +1862,41 @@ class _Follower:
         )
         self.decoder = self.reader.decoder
 
-    def history(self) -> Iterator[LogLine]:
-        yield from self.reader.lines()
+    @property
+    def label(self) -> str:
+        info = self.source.info
+        if info.pod is not None and info.container is not None:
+            return f"{info.namespace}/{info.pod}/{info.container}"
+        return info.label
+
+    def history_runs(self) -> Iterator[LineRun]:
+        yield from self.reader.runs()
         if self.cur is not None:
             self.offset = self.reader.live_end
 
-    def _set_current(self, file: _PlainFile) -> None:
+    def history(self) -> Iterator[LogLine]:
+        for run in self.history_runs():
+            yield from expand_runs((run,))
+
+    def _set_current(self, file: _PlainFile, wd: int = -1) -> None:
         self.cur = file
         self.offset = 0
-        # Watching /proc/self/fd/N pins the watch to our inode, whatever its name.
-        self.cur_wd = self.inotify.add_watch(f"/proc/self/fd/{file.fd}", _FILE_MASK)
+        if wd < 0:
+            # Watching /proc/self/fd/N pins the watch to our inode, whatever its name.
+            wd = self.watches.add(f"/proc/self/fd/{file.fd}", _FILE_MASK, self.handle)
+        self.cur_wd = wd
 
     def _close_current(self) -> None:
-        if self.cur is None:
+        if self.cur is None and self.parked is None:
             return
-        self.inotify.rm_watch(self.cur_wd)
-        self.tracker.forget(self.cur.ino)
-        self.cur.close()
+        self.watches.remove(self.cur_wd, self.handle)
+        if self.cur is not None:
+            self.tracker.forget(self.cur.ino)
+            self.cur.close()
+        elif self.parked is not None:
+            self.tracker.forget(self.parked.ino)
         self.cur = None
+        self.parked = None
         self.cur_wd = -1
 
     def scan(self) -> None:
@@ -1521,36 +1904,133 @@ class _Follower:
         self.need_scan = False
 
     def handle(self, event: InotifyEvent) -> None:
-        if event.wd == self.dir_wd or event.mask & IN_Q_OVERFLOW:
+        self.dirty = True
+        if event.mask & IN_Q_OVERFLOW:
             self.need_scan = True
-        if self.cur is not None and event.wd == self.cur_wd:
-            if event.mask & IN_MODIFY:
-                self.tracker.writer_wrote(self.cur.ino)
-            if event.mask & IN_CLOSE_WRITE:
-                self.tracker.writer_closed(self.cur.ino)
+            self._parked_event = True
+            return
+        if event.wd == self.dir_wd:
+            self.need_scan = True
+            if event.mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED) and not event.name:
+                self.gone = True
+        if event.wd == self.cur_wd:
+            self._parked_event = True
+            ino = self.cur.ino if self.cur is not None else None
+            if ino is None and self.parked is not None:
+                ino = self.parked.ino
+            if ino is not None:
+                if event.mask & IN_MODIFY:
+                    self.tracker.writer_wrote(ino)
+                if event.mask & IN_CLOSE_WRITE:
+                    self.tracker.writer_closed(ino)
             if event.mask & IN_ATTRIB:
                 self.need_scan = True
 
-    def _read_current(self, final: bool, now_ns: int, budget: int) -> list[LogLine]:
+    # -- idle files ------------------------------------------------------------
+
+    @property
+    def holds_file(self) -> bool:
+        return self.cur is not None
+
+    def can_park(self) -> bool:
+        """Every whole line read (an unfinished last one waits in the file), no timer."""
+        cur = self.cur
+        return (
+            cur is not None
+            and not self.more
+            and not self.gone
+            and not self.dirty
+            and self.tracker.wake_in(cur.ino, 0) is None
+        )
+
+    def park(self) -> None:
+        """Close the descriptor of a drained, idle file; keep its watch and position."""
+        cur = self.cur
+        assert cur is not None
+        self.parked = _Parked(cur.path, cur.ino, self.offset, cur.size(), cur.pread(256, 0))
+        self._parked_event = False
+        cur.close()
+        self.cur = None
+
+    def _unparked(self) -> bool:
+        """Reopen a parked file if something may have changed; False to stay parked."""
+        parked = self.parked
+        assert parked is not None
+        if not self._parked_event:
+            # Only a timer or a listing change: look before reopening anything.
+            try:
+                st = os.stat(parked.path)
+                unchanged = st.st_ino == parked.ino and st.st_size == parked.size
+            except FileNotFoundError:
+                unchanged = False
+            if unchanged and self.tracker.next_after(self.tracker.position(parked.ino)) is None:
+                return False
+        self._parked_event = False
+        self.parked = None
+        file = self._open_inode(parked)
+        if file is None:
+            # Renamed since the last listing, perhaps: list again before giving up.
+            self.scan()
+            file = self._open_inode(parked)
+        if file is not None:
+            self._set_current(file, self.cur_wd)
+            self.offset = parked.offset
+            return True
+        # Gone by name and by inode: compressed away, or deleted with its container.
+        self.watches.remove(self.cur_wd, self.handle)
+        self.cur_wd = -1
+        key = self.tracker.position(parked.ino, lambda: parked.head, self._gz_head)
+        known = self.tracker.next_after(None)
+        self.tracker.forget(parked.ino)
+        for entry in self.tracker.entries:
+            if entry.key == key and entry.compressed:
+                self._parked_gz = (entry, parked.offset)
+                self.pos_key = entry.key
+                return True
+        self.pos_key = key if key is not None else (known.key if known else None)
+        self.on_error(
+            MalformedLine(
+                parked.path,
+                None,
+                "deleted while closed for being idle; lines written just before are lost",
+            )
+        )
+        return True
+
+    def _open_inode(self, parked: _Parked) -> _PlainFile | None:
+        for path in [parked.path] + [e.path for e in self.tracker.entries if e.ino == parked.ino]:
+            try:
+                file = _PlainFile(path, self.stats)
+            except FileNotFoundError:
+                continue
+            if file.ino == parked.ino:
+                return file
+            file.close()
+        return None
+
+    # -- reading ---------------------------------------------------------------
+
+    def _read_current(self, final: bool, now_ns: int, budget: int) -> list[LineRun]:
         cur = self.cur
         assert cur is not None
         size = cur.size()
         if size < self.offset:
             self.on_error(MalformedLine(cur.path, None, "file was truncated, reading it again"))
             self.offset = 0
-        out: list[LogLine] = []
+        out: list[LineRun] = []
         hi = min(size, self.offset + budget)
-        for offset, data in _forward_blocks(cur, self.offset, hi):
-            if not data.endswith(b"\n") and not final:
+        for offset, data, stop in _forward_blocks(cur, self.offset, hi):
+            if not final and data[stop - 1 : stop] != b"\n":
                 break
-            out += self.decoder.feed(Block(data, cur.path, offset, None, cur.count_lines))
-            self.offset = offset + len(data)
+            block = Block(data, cur.path, offset, None, cur.count_lines, stop=stop)
+            out += self.decoder.feed_runs(block)
+            self.offset = offset + stop
             if self.decoder.done:
                 break
-        if self.offset < size and hi < size:
-            self.more = True
+        self.more = self.offset < size and hi < size
         if out:
             self.tracker.grew(cur.ino, now_ns)
+            self.last_active = now_ns
         return out
 
     def _gz_head(self, segment: Segment, size: int) -> bytes:
@@ -1560,11 +2040,34 @@ class _Follower:
         except (OSError, EOFError, zlib.error):
             return b""
 
-    def step(self, now_ns: int, budget: int = 8 * FORWARD_BLOCK) -> list[LogLine]:
+    _parked_gz: tuple[Segment, int] | None = None
+
+    def _read_parked_gz(self) -> list[LineRun]:
+        """The rest of a file compressed away while it was parked, from its ``.gz``."""
+        assert self._parked_gz is not None
+        segment, skip = self._parked_gz
+        self._parked_gz = None
+        out: list[LineRun] = []
+        for offset, data in _gz_blocks(segment.path, self.stats, self.on_error):
+            if offset + len(data) <= skip:
+                continue
+            if offset < skip:
+                data = data[skip - offset :]
+                offset = skip
+            out += self.decoder.feed_runs(Block(data, segment.path, offset))
+        return out
+
+    def step(self, now_ns: int, budget: int = 8 * FORWARD_BLOCK) -> list[LineRun]:
         self.more = False
-        out: list[LogLine] = []
+        self.dirty = False
+        out: list[LineRun] = []
         if self.need_scan:
             self.scan()
+        if self.parked is not None:
+            if not self._unparked():
+                return out
+            if self._parked_gz is not None:
+                out += self._read_parked_gz()
         for _ in range(64):
             if self.decoder.done:
                 break
@@ -1585,24 +2088,29 @@ class _Follower:
                 out += self._read_current(True, now_ns, 1 << 62)
                 self.pos_key = self.tracker.position(cur.ino) or successor.key
                 self._close_current()
-                out += self._enter(successor)
-                continue
-            successor = self.tracker.next_after(self.pos_key)
-            if successor is None:
-                break
+            else:
+                successor = self.tracker.next_after(self.pos_key)
+                if successor is None:
+                    break
+            restart = self.pos_key is not None and successor.restart != self.pos_key[0]
             out += self._enter(successor)
+            if restart:
+                # The restart's notice goes between the old instance's lines and these.
+                self.dirty = True
+                break
         return out
 
-    def _enter(self, segment: Segment) -> list[LogLine]:
+    def _enter(self, segment: Segment) -> list[LineRun]:
         """Start reading ``segment``; a ``.gz`` is finished by definition, so read it all."""
-        if segment.restart != (self.pos_key[0] if self.pos_key else segment.restart):
-            out = self.decoder.finish()
+        out: list[LineRun] = []
+        if self.pos_key is not None and segment.restart != self.pos_key[0]:
+            out = self.decoder.finish_runs()
             self.decoder.merger = PartialMerger(self.source.info)
-        else:
-            out = []
+            if self.notice is not None:
+                self.notice(f"{self.label} restarted ({segment.name})")
         if segment.compressed:
             for offset, data in _gz_blocks(segment.path, self.stats, self.on_error):
-                out += self.decoder.feed(Block(data, segment.path, offset))
+                out += self.decoder.feed_runs(Block(data, segment.path, offset))
             self.pos_key = segment.key
             return out
         try:
@@ -1619,13 +2127,19 @@ class _Follower:
         self.pos_key = segment.key
         return out
 
-    def finish(self, now_ns: int) -> list[LogLine]:
+    def finish(self, now_ns: int) -> list[LineRun]:
         """The container is gone: read what is left and end unfinished lines."""
         self.scan()
-        out = self.step(now_ns, 1 << 62)
+        if self.parked is not None:
+            self._parked_event = True
+        out: list[LineRun] = []
+        for _ in range(64):
+            out += self.step(now_ns, 1 << 62)
+            if not self.dirty:  # (set again when it stopped at a restart)
+                break
         if self.cur is not None:
             out += self._read_current(True, now_ns, 1 << 62)
-        return out + self.decoder.finish()
+        return out + self.decoder.finish_runs()
 
     def wake_in(self, now_ns: int) -> int | None:
         if self.more:
@@ -1636,16 +2150,33 @@ class _Follower:
 
     def close(self) -> None:
         self._close_current()
+        self.watches.remove(self.dir_wd, self.handle)
         self.reader.close()
+
+
+#: Followed files kept open at once; idle ones beyond it are parked.
+DEFAULT_MAX_OPEN: Final = 128
+#: Bytes one follower reads in one step when many are followed (fairness, memory).
+SHARED_STEP_BUDGET: Final = FORWARD_BLOCK
+#: Followers the once-a-tick safety net looks at per tick.
+TICK_SLICE: Final = 64
 
 
 class FollowGroup:
     """Follows several sources with one inotify instance.
 
     ``history()`` gives each source's past lines (tail/since applied), then ``run()``
-    emits new lines in batches, sorted by time across sources, until ``should_stop``
-    returns True (the CRI side's hook: "the container has exited"), ``--until`` is
-    passed, or the caller interrupts it.  Close it in all cases.
+    emits new lines in batches, in time order across sources within ``merge_window_ns``,
+    until ``should_stop`` returns True (the CRI side's hook: "the container has
+    exited"), ``--until`` is passed, or the caller interrupts it.  Close it in all
+    cases.
+
+    Sources can be added while running (:meth:`add_source`, e.g. by
+    :class:`iottymux.logdiscover.NodeDiscovery` on its own watches of
+    :attr:`watches`); a source whose directory is removed is read to its end and
+    dropped.  Only the followers with something to do are stepped, and at most
+    ``max_open`` followed files stay open: the least recently active idle ones are
+    parked and reopened by position when they change.
     """
 
     def __init__(
@@ -1658,40 +2189,105 @@ class FollowGroup:
         parse_times: bool = False,
         grace_ns: int = ROTATION_GRACE_NS,
         tick_ns: int = FOLLOW_TICK_NS,
+        merge_window_ns: int = 0,
+        max_open: int = DEFAULT_MAX_OPEN,
+        notice: Notice | None = None,
     ) -> None:
+        from iottymux.logmerge import MergeWindow
+
         self.stats = stats if stats is not None else ReadStats()
         self.on_error = on_error or _ignore
         self.options = options
         self.tick_ns = tick_ns
-        self.parse_times = parse_times or len(sources) > 1
+        self.grace_ns = grace_ns
+        self.parse_times = parse_times or len(sources) > 1 or merge_window_ns > 0
+        self.max_open = max(1, max_open)
+        self.notice = notice
+        #: The notice for a source whose directory went away (None: no notice).
+        self.on_gone: Callable[[LogSource], str | None] | None = None
+        self._notices: list[str] = []
+        self._announce: list[str] = []
+        self.merge = MergeWindow(merge_window_ns)
         self.inotify = Inotify()
+        self.watches = Watches(self.inotify)
         self.followers: list[_Follower] = []
+        self._by_dir: dict[str, _Follower] = {}
+        self._fresh: list[_Follower] = []
+        #: Sources are expected to come and go: run() does not end when all are gone.
+        self.open_ended = False
+        #: Followers left unread in the last pass (the merge buffer was full).
+        self.backlog = False
+        self._next_turn = 0
+        self._tick_cursor = 0
         try:
             for source in sources:
-                self.followers.append(
-                    _Follower(
-                        source,
-                        options,
-                        self.inotify,
-                        self.stats,
-                        self.on_error,
-                        self.parse_times,
-                        grace_ns,
-                    )
-                )
+                self.add_source(source)
         except BaseException:
             self.close()
             raise
 
-    def history(self) -> Iterator[LogLine]:
-        histories = [follower.history() for follower in self.followers]
+    def add_source(self, source: LogSource, *, new: bool = False) -> bool:
+        """Follow ``source`` too; False if it is followed already.
+
+        A ``new`` source appeared while following: it is read from its first line
+        (every segment, no tail), during :meth:`run`.
+        """
+        key = source_key(source)
+        if key in self._by_dir:
+            return False
+        options = self.options
+        if new:
+            options = replace(options, tail=None, all_rotated=True)
+            self.parse_times = True
+        follower = _Follower(
+            source,
+            options,
+            self.watches,
+            self.stats,
+            self.on_error,
+            self.parse_times,
+            self.grace_ns,
+            self.queue_notice,
+        )
+        self.followers.append(follower)
+        self._by_dir[key] = follower
+        if new:
+            self._fresh.append(follower)
+        return True
+
+    def following(self, source: LogSource) -> bool:
+        return source_key(source) in self._by_dir
+
+    def queue_notice(self, text: str, *, before_reading: bool = False) -> None:
+        """A one-line notice, given out after the lines read before it.
+
+        ``before_reading``: also before the lines of the next read (a source that
+        starts being followed is announced before its first line).
+        """
+        (self._announce if before_reading else self._notices).append(text)
+
+    def _flush_notices(self, notices: list[str]) -> None:
+        if self.notice is not None:
+            for text in notices:
+                self.notice(text)
+        notices.clear()
+
+    def history_runs(self) -> Iterator[LineRun]:
+        histories = [follower.history_runs() for follower in self.followers]
         if len(histories) == 1:
             yield from histories[0]
             return
-        merged: Iterable[LogLine] = merge_lines(histories)
-        if self.options.tail is not None:
-            merged = deque(merged, maxlen=self.options.tail)
-        yield from merged
+        if self.options.tail is None:
+            yield from merge_runs(histories)
+            return
+        lines = merge_lines(
+            (line for run in history for line in expand_runs((run,))) for history in histories
+        )
+        yield from (LineRun.of(line) for line in deque(lines, maxlen=self.options.tail))
+
+    def history(self) -> Iterator[LogLine]:
+        for run in self.history_runs():
+            yield from expand_runs((run,))
 
     def run(
         self,
@@ -1699,50 +2295,197 @@ class FollowGroup:
         should_stop: Callable[[], bool] | None = None,
     ) -> None:
         """Emit new lines until stopped; ``emit`` returning False also stops."""
+        self.run_runs(lambda runs: emit(expand_runs(runs)), should_stop)
+
+    def run_runs(
+        self,
+        emit: Callable[[list[LineRun]], bool | None],
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
+        """Emit new runs of lines until stopped; ``emit`` returning False also stops."""
         poller = select.poll()
         poller.register(self.inotify.fd, select.POLLIN)
+        last_tick = time.monotonic_ns()
+        merge = self.merge
         while True:
             now = time.monotonic_ns()
-            batch: list[LogLine] = []
-            for follower in self.followers:
-                batch += follower.step(now)
-            if batch:
-                if len(self.followers) > 1:
-                    batch.sort(key=_line_time)
-                if emit(batch) is False:
+            tick = now - last_tick >= self.tick_ns
+            if tick:
+                # The safety net: look again even if inotify said nothing.
+                last_tick = now
+            if self._announce:
+                if merge.buffered and emit(merge.drain()) is False:
                     return
-            if all(follower.decoder.done for follower in self.followers):
+                self._flush_notices(self._announce)
+            self._read_all(now, tick)
+            several = len(self.followers) > 1 or merge.buffered > 0
+            # A notice (a restart, a removal) comes after every line read before it.
+            batch = merge.pop_due(now) if several and not self._notices else merge.drain()
+            if batch and emit(batch) is False:
+                return
+            self._flush_notices(self._notices)
+            if (
+                self.followers
+                and not self.open_ended
+                and all(follower.decoder.done for follower in self.followers)
+            ):
+                emit(merge.drain())
                 return
             if should_stop is not None and should_stop():
                 now = time.monotonic_ns()
-                final: list[LogLine] = []
                 for follower in self.followers:
-                    final += follower.finish(now)
-                if len(self.followers) > 1:
-                    final.sort(key=_line_time)
+                    merge.add(follower, follower.finish(now), now)
+                final = merge.drain()
                 if final:
                     emit(final)
+                self._flush_notices(self._notices)
                 return
-            timeout = self.tick_ns
+            self._park_idle()
+            timeout = self.tick_ns - (time.monotonic_ns() - last_tick)
             for follower in self.followers:
                 wake = follower.wake_in(now)
                 if wake is not None:
                     timeout = min(timeout, wake)
+            deadline = merge.next_deadline()
+            if deadline is not None:
+                timeout = min(timeout, deadline - time.monotonic_ns())
+            if self.backlog:
+                timeout = 0
             if timeout > 0:
                 poller.poll(max(1, (timeout + 999_999) // 1_000_000))
             events = self.inotify.read_events()
-            if not events and timeout >= self.tick_ns:
-                # The safety net: look again even if inotify said nothing.
-                for follower in self.followers:
-                    follower.need_scan = True
             for follower in self.followers:
                 follower.tracker.new_batch()
-            for event in events:
-                for follower in self.followers:
-                    follower.handle(event)
+            self.watches.dispatch(events)
+
+    def _read_all(self, now: int, tick: bool) -> None:
+        """Step every follower with work, into the merge window; retire the gone.
+
+        Open files stay within ``max_open``: before a follower that may open one is
+        stepped, the least recently active drained file is parked.
+        """
+        merge = self.merge
+        holders = sorted((f for f in self.followers if f.holds_file), key=lambda f: f.last_active)
+        room = _Room(holders, self.max_open)
+        fresh, self._fresh = self._fresh, []
+        for follower in fresh:
+            merge.add(follower, list(follower.history_runs()), now)
+            room.opened(follower)
+        many = len(self.followers) > 8
+        budget = SHARED_STEP_BUDGET if many else 8 * FORWARD_BLOCK
+        gone: list[_Follower] = []
+        deferred: list[_Follower] = []
+        # Start where the last pass stopped: with the buffer full, every follower
+        # still gets its turn.
+        count = len(self.followers)
+        start = self._next_turn % count if count else 0
+        order = self.followers[start:] + self.followers[:start]
+        self.backlog = False
+        if tick and count:
+            # The safety net looks at a slice of the followers per tick: with
+            # thousands of idle containers it stays a small, bounded cost.
+            for index in range(self._tick_cursor, self._tick_cursor + min(count, TICK_SLICE)):
+                checked = self.followers[index % count]
+                checked.need_scan = True
+                checked.dirty = True
+            self._tick_cursor = (self._tick_cursor + TICK_SLICE) % count
+        for turn, follower in enumerate(order):
+            if follower.gone:
+                gone.append(follower)
+                continue
+            wake = follower.wake_in(now)
+            if follower.dirty or (wake is not None and wake <= 0):
+                if merge.buffered > merge.max_bytes:
+                    # Memory stays bounded: the rest waits for the next pass.
+                    follower.dirty = True
+                    self.backlog = True
+                    self._next_turn = start + turn
+                    continue
+                if not follower.holds_file and not room.make(follower):
+                    deferred.append(follower)  # every open file is still busy
+                    continue
+                merge.add(follower, follower.step(now, budget), now)
+                room.opened(follower)
+        # Those stepped since are drained and can make room now.  A follower still
+        # without room stays dirty: it goes first once a rotation timer or a read
+        # budget (both of which wake the loop) frees a file.
+        for follower in deferred:
+            if room.make(follower):
+                merge.add(follower, follower.step(now, budget), now)
+                room.opened(follower)
+        for follower in gone:
+            merge.add(follower, follower.finish(now), now)
+            self._drop(follower)
+            text = (
+                self.on_gone(follower.source)
+                if self.on_gone is not None
+                else f"{follower.label} removed"
+            )
+            if text is not None:
+                self.queue_notice(text)
+
+    def _drop(self, follower: _Follower) -> None:
+        follower.close()
+        self.followers.remove(follower)
+        self._by_dir.pop(source_key(follower.source), None)
+
+    def _park_idle(self) -> None:
+        holding = [follower for follower in self.followers if follower.holds_file]
+        excess = len(holding) - self.max_open
+        if excess <= 0:
+            return
+        idle = sorted(
+            (follower for follower in holding if follower.can_park()),
+            key=lambda follower: follower.last_active,
+        )
+        for follower in idle[:excess]:
+            follower.park()
+
+    @property
+    def open_files(self) -> int:
+        return sum(follower.holds_file for follower in self.followers)
 
     def close(self) -> None:
         for follower in self.followers:
             follower.close()
         self.followers = []
+        self._by_dir.clear()
         self.inotify.close()
+
+
+class _Room:
+    """Keeps a group's open followed files within its limit while it steps them."""
+
+    def __init__(self, holders: list[_Follower], limit: int) -> None:
+        self.queue = deque(holders)  # least recently active first
+        self.open = len(holders)
+        self.limit = limit
+
+    def opened(self, follower: _Follower) -> None:
+        if follower.holds_file and follower not in self.queue:
+            self.queue.append(follower)
+            self.open += 1
+        self.make(None)  # (a file that cannot be parked yet waits for _park_idle)
+
+    def make(self, keep: _Follower | None) -> bool:
+        """Park idle files until one more may be opened (or ``keep``'s fits).
+
+        False if too many files are busy (unread data, a rotation timer) to park.
+        """
+        want = self.limit - (1 if keep is not None else 0)
+        skipped: list[_Follower] = []
+        while self.open > want and self.queue:
+            follower = self.queue.popleft()
+            if not follower.holds_file:
+                self.open -= 1
+            elif follower is not keep and follower.can_park():
+                follower.park()
+                self.open -= 1
+            else:
+                skipped.append(follower)
+        self.queue.extendleft(reversed(skipped))
+        return self.open <= want
+
+
+def source_key(source: LogSource) -> str:
+    return os.path.join(source.directory, source.base or "")

@@ -7,6 +7,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -55,7 +57,7 @@ class Runtime:
 
 
 class Follower:
-    """``iottymux logs -f`` in a subprocess; its output lines are collected by a thread."""
+    """``iottymux logs -f`` in a subprocess; its output and stderr lines collected by threads."""
 
     def __init__(self, *args: str):
         self.proc = subprocess.Popen(
@@ -66,28 +68,38 @@ class Follower:
             env=ENV,
         )
         self.lines: list[bytes] = []
+        self.errors: list[bytes] = []
         self.cond = threading.Condition()
-        self.thread = threading.Thread(target=self._pump, daemon=True)
-        self.thread.start()
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self.threads = [
+            threading.Thread(target=self._pump, args=(self.proc.stdout, self.lines), daemon=True),
+            threading.Thread(target=self._pump, args=(self.proc.stderr, self.errors), daemon=True),
+        ]
+        for thread in self.threads:
+            thread.start()
 
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
+    def _pump(self, pipe: IO[bytes], into: list[bytes]) -> None:
+        for line in pipe:
             with self.cond:
-                self.lines.append(line.rstrip(b"\n"))
+                into.append(line.rstrip(b"\n"))
                 self.cond.notify_all()
         with self.cond:
             self.cond.notify_all()
 
-    def wait_for(self, pred: Callable[[list[bytes]], bool], timeout: float = 30) -> None:
+    def wait_for(
+        self, pred: Callable[[list[bytes]], bool], timeout: float = 30, *, stderr: bool = False
+    ) -> None:
+        lines = self.errors if stderr else self.lines
         with self.cond:
-            ok = self.cond.wait_for(
-                lambda: pred(self.lines) or self.proc.poll() is not None, timeout
-            )
-            assert ok and pred(self.lines), (self.lines[-5:], self.proc.poll())
+            ok = self.cond.wait_for(lambda: pred(lines) or self.proc.poll() is not None, timeout)
+            assert ok and pred(lines), (lines[-5:], self.proc.poll())
 
     def wait_line(self, line: bytes, timeout: float = 30) -> None:
         self.wait_for(lambda lines: line in lines[-50:], timeout)
+
+    def wait_notice(self, text: str, timeout: float = 30) -> None:
+        notice = b"iottymux logs: " + text.encode()
+        self.wait_for(lambda lines: notice in lines, timeout, stderr=True)
 
     def stop(self, sig: int = signal.SIGTERM) -> tuple[int, bytes]:
         if self.proc.poll() is None:
@@ -98,13 +110,12 @@ class Follower:
             if self.proc.poll() is None:
                 self.proc.kill()
                 self.proc.wait()
-        self.thread.join(10)
-        assert self.proc.stderr is not None
-        err = self.proc.stderr.read()
-        self.proc.stderr.close()
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
-        return self.proc.returncode, err
+        for thread in self.threads:
+            thread.join(10)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        return self.proc.returncode, b"".join(line + b"\n" for line in self.errors)
 
 
 @pytest.fixture
@@ -116,6 +127,8 @@ def followers() -> Iterator[list[Follower]]:
             os.kill(follower.proc.pid, signal.SIGCONT)  # in case a test stopped it
             follower.proc.kill()
             follower.proc.wait()
+        for thread in follower.threads:
+            thread.join(10)
         for pipe in (follower.proc.stdout, follower.proc.stderr):
             if pipe is not None:
                 pipe.close()
@@ -689,3 +702,385 @@ def test_follow_catches_up_through_gzipped_files_after_a_stall(
     code, err = follower.stop()
     assert code == 0 and err == b""
     check_numbers(follower.lines, last)
+
+
+# ---------------------------------------------------------------------------
+# A node: pods and containers under a log root, selected by pattern, followed as they come
+
+
+def node_pod(root: Path, ns: str, pod: str, uid: str, *containers: str, t0: int = T0) -> Path:
+    for i, container in enumerate(containers):
+        rt = Runtime(root / f"{ns}_{pod}_{uid}" / container / "0.log", t0=t0 + i)
+        rt.write(OUT, b"%s/%s/%s says hi\n" % (ns.encode(), pod.encode(), container.encode()))
+        rt.close()
+    return root / f"{ns}_{pod}_{uid}"
+
+
+def sample_node(root: Path) -> None:
+    node_pod(root, "default", "web-1", "u1", "app", "sidecar", t0=T0)
+    node_pod(root, "default", "web-2", "u2", "app", "sidecar", t0=T0 + 10)
+    node_pod(root, "default", "db", "u3", "postgres", t0=T0 + 20)
+    node_pod(root, "prod", "web-1", "u4", "app", t0=T0 + 30)
+
+
+def test_selection_by_pattern_namespace_and_container(tmp_path: Path) -> None:
+    sample_node(tmp_path)
+    root = ["--log-root", str(tmp_path)]
+    deployment = run_logs(*root, "default/web-.*")
+    assert deployment.returncode == 0, deployment.stderr
+    assert deployment.stdout.decode().splitlines() == [
+        "[web-1/app] default/web-1/app says hi",
+        "[web-1/sidecar] default/web-1/sidecar says hi",
+        "[web-2/app] default/web-2/app says hi",
+        "[web-2/sidecar] default/web-2/sidecar says hi",
+    ]
+    apps = run_logs(*root, "-n", "default", "-n", "prod", "-c", "app|postgres")
+    assert apps.stdout.decode().splitlines() == [
+        "[default/web-1/app] default/web-1/app says hi",
+        "[default/web-2/app] default/web-2/app says hi",
+        "[default/db/postgres] default/db/postgres says hi",
+        "[prod/web-1/app] prod/web-1/app says hi",
+    ]
+    no_sidecars = run_logs(*root, "-A", "--exclude-container", "side.*", "--no-prefix")
+    assert no_sidecars.stdout.count(b"\n") == 4 and b"sidecar" not in no_sidecars.stdout
+    bare = run_logs(*root, "-n", "prod", "web-.*")
+    assert bare.stdout == b"[web-1/app] prod/web-1/app says hi\n"
+    one = run_logs(*root, "default/web-2/sidecar")
+    assert one.stdout == b"default/web-2/sidecar says hi\n"
+    none = run_logs(*root, "default/api-.*")
+    assert none.returncode == 1
+    assert none.stderr.decode().strip() == (
+        f"iottymux logs: default/api-.*: no such file, directory or pod under {tmp_path}"
+    )
+    nothing = run_logs(*root, "-n", "kube-system")
+    assert nothing.returncode == 1 and b"nothing matches namespace kube-system" in nothing.stderr
+    bad = run_logs(*root, "default/web(")
+    assert bad.returncode == 2 and b"bad pod regular expression" in bad.stderr
+    assert run_logs(*root).returncode == 2  # no target and no selection
+
+
+def test_label_selector_needs_the_daemon(tmp_path: Path) -> None:
+    sample_node(tmp_path)
+    sock = tmp_path / "none.sock"
+    result = run_logs("--log-root", str(tmp_path), "--rktlet-socket", str(sock), "-l", "app=web")
+    assert result.returncode == 3
+    assert result.stderr.decode() == (
+        "iottymux logs: pod labels (-l) come from the rktlet daemon, and none answers at "
+        f"{sock} (use --rktlet-socket)\n"
+    )
+    bad = run_logs("--log-root", str(tmp_path), "-l", "app in ()")
+    assert bad.returncode == 2 and b"label selector" in bad.stderr
+
+
+def test_line_filters_highlight_and_formats(tmp_path: Path) -> None:
+    path = tmp_path / "0.log"
+    rt = Runtime(path)
+    rt.write(OUT, b"GET /health 200\nGET /api 500 error\nPOST /api 201\n")
+    rt.write(ERR, b"warning: slow\n")
+    rt.close()
+    only = run_logs("--include", "/api", "--exclude", "POST", str(path))
+    assert only.stdout == b"GET /api 500 error\n"
+    either = run_logs("--include", "error", "--include", "^warn", str(path))
+    assert either.stdout == b"GET /api 500 error\nwarning: slow\n"
+    lit = run_logs("--highlight", "50[0-9]", "--color", "always", str(path))
+    assert b"GET /api \x1b[1;31m500\x1b[0m error\n" in lit.stdout
+    plain = run_logs("--highlight", "500", str(path))  # not a terminal: no colour
+    assert b"\x1b" not in plain.stdout
+    no_color = subprocess.run(
+        logs_argv("--highlight", "500", "--color", "auto", str(path)),
+        capture_output=True,
+        cwd=REPO,
+        env={**ENV, "NO_COLOR": "1"},
+        check=False,
+    )
+    assert b"\x1b" not in no_color.stdout
+    templated = run_logs("--template", "{stream}|{line}", "--include", "slow|201", str(path))
+    assert templated.stdout == b"stdout|POST /api 201\nstderr|warning: slow\n"
+    as_json = run_logs("--output", "json", "--exclude", ".", str(path))
+    assert as_json.returncode == 0 and as_json.stdout == b""
+    assert run_logs("--output", "template", str(path)).returncode == 2
+    bad = run_logs("--template", "{nope}", str(path))
+    assert bad.returncode == 2 and b"unknown field {nope}" in bad.stderr
+    assert run_logs("--include", "(", str(path)).returncode == 2
+
+
+class Container(threading.Thread):
+    """A container of a node: numbered lines, restarts as N.log -> N+1.log, via the framer."""
+
+    def __init__(
+        self,
+        directory: Path,
+        name: bytes,
+        lines: int,
+        restarts: int = 0,
+        before_restart: Callable[[bytes], None] | None = None,
+    ) -> None:
+        super().__init__(daemon=True)
+        self.directory = directory
+        self.tag = name
+        self.lines = lines
+        self.restarts = restarts
+        self.before_restart = before_restart
+        self.clock = TimestampCache()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            per_instance = self.lines // (self.restarts + 1)
+            n = 0
+            for instance in range(self.restarts + 1):
+                if instance and self.before_restart is not None:
+                    self.before_restart(b"%s %d " % (self.tag, n - 1))
+                path = self.directory / f"{instance}.log"
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+                framer = LineFramer(OUT, 64)
+                last = self.lines if instance == self.restarts else n + per_instance
+                while n < last:
+                    count = min(last - n, 7)
+                    text = b"".join(
+                        b"%s %d %s\n" % (self.tag, n + i, b"." * ((n + i) % 90))
+                        for i in range(count)
+                    )
+                    n += count
+                    out, _ = framer.feed(text, self.clock.now())
+                    os.write(fd, out)
+                    time.sleep(0.001)
+                os.close(fd)
+        except BaseException as exc:
+            self.error = exc
+
+
+def check_exactly_once(lines: list[bytes], names: list[bytes], count: int) -> None:
+    got: dict[bytes, list[int]] = {name: [] for name in names}
+    for line in lines:
+        name, number, _ = line.split(b" ", 2)
+        got[name].append(int(number))
+    for name in names:
+        assert got[name] == list(range(count)), f"{name!r}: lost, repeated or reordered lines"
+
+
+def test_follow_picks_up_pods_and_containers_as_they_come(
+    tmp_path: Path, followers: list[Follower]
+) -> None:
+    root = tmp_path / "pods"
+    root.mkdir()
+    follower = Follower("--log-root", str(root), "-A", "--no-prefix", "--merge-window", "20ms")
+    followers.append(follower)
+    follower.wait_notice("nothing matches every pod yet; waiting")
+    containers: list[Container] = []
+    names: list[bytes] = []
+
+    def printed(start: bytes) -> None:
+        seen = 0
+        hit = False
+
+        def found(lines: list[bytes]) -> bool:
+            nonlocal seen, hit
+            hit = hit or any(line.startswith(start) for line in lines[seen:])
+            seen = len(lines)
+            return hit
+
+        follower.wait_for(found)
+
+    for p in range(4):
+        pod = root / f"ns{p % 2}_pod-{p}_uid{p}"
+        pod.mkdir()
+        for c in range(2):
+            name = b"p%dc%d" % (p, c)
+            names.append(name)
+            # A pod's second container comes later, and restarts twice (once the
+            # follower has shown its last line: a restart before the container was
+            # found is history, not news).
+            containers.append(
+                Container(pod / f"ctr{c}", name, 300, restarts=2 * c, before_restart=printed)
+            )
+    for container in containers:
+        container.start()
+        time.sleep(0.02)
+    for container in containers:
+        container.join(60)
+        assert container.error is None
+    follower.wait_for(lambda lines: len(lines) >= 300 * len(names))
+    # The kubelet removes a deleted pod's log directory.
+    shutil.rmtree(root / "ns0_pod-0_uid0")
+    follower.wait_notice("pod ns0/pod-0 removed")
+    code, err = follower.stop()
+    assert code == 0
+    check_exactly_once(follower.lines, names, 300)
+    notices = err.decode().splitlines()
+    news = sorted(n for n in notices if "following new container" in n)
+    assert news == sorted(
+        f"iottymux logs: following new container ns{p % 2}/pod-{p}/ctr{c}"
+        for p in range(4)
+        for c in range(2)
+    )
+    restarts = [n for n in notices if "restarted" in n]
+    assert sorted(restarts) == sorted(
+        f"iottymux logs: ns{p % 2}/pod-{p}/ctr1 restarted ({i}.log)"
+        for p in range(4)
+        for i in (1, 2)
+    )
+    assert "iottymux logs: pod ns0/pod-0 removed" in notices
+    assert len(notices) == 1 + len(news) + len(restarts) + 1
+
+
+def test_a_pattern_that_matches_nothing_waits_when_following(
+    tmp_path: Path, followers: list[Follower]
+) -> None:
+    sample_node(tmp_path)
+    follower = Follower("--log-root", str(tmp_path), "default/api-.*", "-c", "app")
+    followers.append(follower)
+    follower.wait_notice("nothing matches default/api-.*; container app yet; waiting")
+    assert follower.proc.poll() is None and follower.lines == []
+    node_pod(tmp_path, "default", "api-7", "u9", "app", "sidecar")
+    follower.wait_line(b"[api-7/app] default/api-7/app says hi")
+    code, err = follower.stop()
+    assert code == 0 and follower.lines == [b"[api-7/app] default/api-7/app says hi"]
+    assert err.decode().splitlines() == [
+        "iottymux logs: nothing matches default/api-.*; container app yet; waiting",
+        "iottymux logs: following new container default/api-7/app",
+    ]
+
+
+def test_merge_window_orders_lines_across_containers(
+    tmp_path: Path, followers: list[Follower]
+) -> None:
+    node_pod(tmp_path, "default", "a", "u1", "c")
+    node_pod(tmp_path, "default", "b", "u2", "c")
+    results = {}
+    for window in ("2s", "0"):
+        follower = Follower(
+            "--log-root", str(tmp_path), "-n", "default", "--tail", "0", "--merge-window", window
+        )
+        followers.append(follower)
+        late = T0 + 10**12 + (10**10 if window == "0" else 0)
+        a = Runtime(tmp_path / "default_a_u1" / "c" / "0.log", t0=late)
+        b = Runtime(tmp_path / "default_b_u2" / "c" / "0.log", t0=late)
+        # Ready once it shows a line written after it started.
+        shown = follower.lines
+
+        def ready(shown: list[bytes] = shown) -> bool:
+            return b"[a/c] ready" in shown
+
+        while not ready():
+            a.write(OUT, b"ready\n", t=late)
+            with follower.cond:
+                follower.cond.wait_for(ready, 0.3)
+        start = len(follower.lines)
+        a.write(OUT, b"stamped second, written first\n", t=late + 2000)
+        if window == "0":
+            follower.wait_line(b"[a/c] stamped second, written first")
+        b.write(OUT, b"stamped first, written second\n", t=late + 1000)
+        a.close()
+        b.close()
+
+        def both(lines: list[bytes], start: int = start) -> bool:
+            return len(lines) >= start + 2
+
+        follower.wait_for(both)
+        follower.stop()
+        results[window] = follower.lines[start:]
+    # Held up to the window: the line stamped first comes first, though read last.
+    assert results["2s"] == [
+        b"[b/c] stamped first, written second",
+        b"[a/c] stamped second, written first",
+    ]
+    # No window: lines come out as they are read.
+    assert results["0"] == [
+        b"[a/c] stamped second, written first",
+        b"[b/c] stamped first, written second",
+    ]
+
+
+def open_log_files(pid: int, root: Path) -> int:
+    """Descriptors of ``pid`` open on files under ``root`` (live, rotated or deleted)."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(str(root)):
+                count += 1
+        except OSError:
+            pass
+    return count
+
+
+def test_follow_many_containers_with_few_open_files(
+    tmp_path: Path, followers: list[Follower]
+) -> None:
+    """40 containers, 5 files open at most: idle files are closed and reopened by position."""
+    rng = random.Random(4)
+    runtimes: list[Runtime] = []
+    names: list[bytes] = []
+    sent = {}
+    for p in range(40):
+        rt = Runtime(tmp_path / f"default_pod-{p}_u{p}" / "app" / "0.log")
+        runtimes.append(rt)
+        names.append(b"c%d" % p)
+        sent[names[-1]] = 0
+    follower = Follower(
+        "--log-root", str(tmp_path), "-n", "default", "--no-prefix", "--max-open-files", "5"
+    )
+    followers.append(follower)
+    time.sleep(0.5)
+    peak = 0
+    for round_ in range(30):
+        for p in rng.sample(range(40), 8):
+            name = names[p]
+            rt = runtimes[p]
+            lines = b"".join(b"%s %d x\n" % (name, sent[name] + i) for i in range(3))
+            rt.write(OUT, lines)
+            sent[name] += 3
+            if round_ % 10 == 9 and p % 4 == 0:
+                # A rotation while the follower may hold the file closed.
+                kubelet_rotate(
+                    rt_path := tmp_path / f"default_pod-{p}_u{p}" / "app" / "0.log", round_
+                )
+                new_fd = os.open(rt_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+                os.close(rt.fd)
+                rt.fd = new_fd
+        time.sleep(0.03)
+        peak = max(peak, open_log_files(follower.proc.pid, tmp_path))
+    total = sum(sent.values())
+    follower.wait_for(lambda lines: len(lines) >= total)
+    peak = max(peak, open_log_files(follower.proc.pid, tmp_path))
+    for rt in runtimes:
+        rt.close()
+    code, err = follower.stop()
+    assert code == 0 and err == b""
+    assert peak <= 5 + 1  # the cap, plus a file opened to read a new one's history
+    got: dict[bytes, list[int]] = {name: [] for name in names}
+    for line in follower.lines:
+        name, number, _ = line.split(b" ", 2)
+        got[name].append(int(number))
+    assert got == {name: list(range(sent[name])) for name in names}
+
+
+@pytest.mark.parametrize("crlf", [False, True])
+def test_printed_bytes_are_the_apps_bytes(tmp_path: Path, crlf: bool) -> None:
+    """Byte for byte what the app wrote on stdout: P/F joined, stderr's partials kept
+    apart, empty lines, invalid UTF-8, CRLF from a pty, and a last line left unfinished
+    at exit (the writer ends it with a ``P`` record)."""
+    rng = random.Random(21 + crlf)
+    path = tmp_path / "0.log"
+    rt = Runtime(path, max_line_size=40)
+    for framer in rt.framers.values():
+        framer.crlf = crlf
+    sent = b""
+    for i in range(3000):
+        stream = OUT if rng.random() < 0.7 else ERR
+        pieces = [b"", b"\n", b"\r\n", b"\xff\xfe\xc3", b"x" * rng.randint(1, 120), b"line %d" % i]
+        data = b"".join(rng.choice(pieces) for _ in range(rng.randint(1, 6)))
+        rt.write(stream, data, t=T0 + i * 1000 + rng.choice((0, 1)))
+        if stream == OUT:
+            sent += data
+    rt.write(OUT, b"the end, no newline")
+    sent += b"the end, no newline"
+    pending = rt.framers[OUT]._pending  # what the writer holds at the app's exit
+    os.write(rt.fd, b"%s stdout P %s\n" % (format_timestamp(T0 + 10**10), pending))
+    rt.close()
+    expected = sent.replace(b"\r\n", b"\n") if crlf else sent
+    for extra in ([], ["--output", "raw"]):
+        result = run_logs("--stream", "stdout", *extra, str(path))
+        assert result.returncode == 0 and result.stderr == b""
+        assert result.stdout == expected
