@@ -222,6 +222,24 @@ def test_exit_event_comes_after_the_log_is_complete(monitor: MonitorHandle, tmp_
         watcher.close()
 
 
+@pytest.mark.timeout(60)
+def test_a_subscribed_client_keeps_events_while_waiting_for_answers(
+    monitor: MonitorHandle, tmp_path: Path
+) -> None:
+    log = tmp_path / "ev.log"
+    # The requesting client is itself subscribed: the exit event arrives on the
+    # same connection, in between answers, and must be set aside, not looped on.
+    monitor.request("subscribe")
+    monitor.request("add", app="ev", command=["true"], log_path=str(log))
+    monitor.request("start", app="ev")
+    final = monitor.request("wait", app="ev")
+    for _ in range(3):
+        assert monitor.request("ping")["ok"] is True
+    event = monitor.client.receive()
+    assert event["event"] == "exited" and event["app"] == "ev"
+    assert event["finished_at"] == final["finished_at"]
+
+
 def test_orphans_of_an_app_are_reparented_and_reaped(
     monitor: MonitorHandle, tmp_path: Path
 ) -> None:
