@@ -25,7 +25,7 @@ each read is written there once, whoever reads it, and the attacher's socket
 carries a small ``RING`` frame per batch (never more than one unanswered) and
 its ``ACK``.  How far a ring attacher is behind is what it has not acknowledged;
 past its queue size plus the socket buffer a socket attacher would have had
-(:data:`SEND_BUFFER`: the same slack either way) it is disconnected with the same
+(twice :data:`SEND_BUFFER`: the same slack either way) it is disconnected with the same
 ``overflow`` reason, and the ring is sized so that no attacher still served is
 ever overwritten.  The
 ring exists only while ring attachers do (its pages are given back when the
@@ -275,8 +275,9 @@ class AttachEndpoint:
         self._enqueue(attacher, proto.encode_offset(proto.RING, end), b"")
 
     def _ring_limit(self) -> int:
-        """How far behind a ring attacher may fall: as far as a socket attacher can."""
-        return self.queue_size + SEND_BUFFER
+        """How far behind a ring attacher may fall: as far as a socket attacher can
+        (its queue, and the socket buffer, which the kernel makes twice SO_SNDBUF)."""
+        return self.queue_size + 2 * SEND_BUFFER
 
     def _ring_capacity(self) -> int:
         # Room for the limit plus the frame that crosses it and the next one:

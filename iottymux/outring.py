@@ -107,9 +107,7 @@ class OutputRing:
         self.valid_from = self.write_end
         os.ftruncate(self.fd, DATA_START)
         os.ftruncate(self.fd, DATA_START + self.capacity)
-        os.pwrite(
-            self.fd, HEADER.pack(MAGIC, self.capacity, self.write_end, self.valid_from), 0
-        )
+        os.pwrite(self.fd, HEADER.pack(MAGIC, self.capacity, self.write_end, self.valid_from), 0)
         self._dirty = False
 
     def close(self) -> None:

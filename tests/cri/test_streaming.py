@@ -103,9 +103,9 @@ def test_attach_with_stdin_once_ends_the_shell(daemon: Daemon) -> None:
 
 
 def test_attach_output_comes_through_the_monitors_ring_byte_for_byte(daemon: Daemon) -> None:
-    # About 11.6 MB in 40 paced bursts: more than the ring holds (it wraps), at a
+    # About 17 MB in 60 paced bursts: more than the ring holds (it wraps), at a
     # pace the SPDY client keeps up with.
-    script = "read go; for i in $(seq 1 40); do seq 1 50000; sleep 0.05; done; echo end >&2"
+    script = "read go; for i in $(seq 1 60); do seq 1 50000; sleep 0.05; done; echo end >&2"
     pod_id, pod_config = daemon.run_pod("ringattach")
     container = daemon.run_container(
         pod_id,
@@ -119,7 +119,7 @@ def test_attach_output_comes_through_the_monitors_ring_byte_for_byte(daemon: Dae
     )
     result = in_netns(daemon, lambda: spdy_exec(url, stdin=b"go\n"))
     block = b"".join(b"%d\n" % i for i in range(1, 50001))
-    assert result.stdout == block * 40
+    assert result.stdout == block * 60
     assert result.stderr == b"end\n"
     with ControlClient(str(daemon.run_dir / "pods" / pod_id / "control.sock")) as monitor:
         attach = monitor.request("status", app=container)["apps"][0]["attach"]
