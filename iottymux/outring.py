@@ -16,14 +16,15 @@ The ring holds the same byte stream a socket attacher receives: ``STDOUT`` and
 since the ring was made, never reset); offset ``x`` lives at
 ``DATA_START + x % capacity``.  The first page holds a header::
 
-    magic "IOTRING1" | capacity (u64) | write end (u64) | valid from (u64)
+    magic "IOTRING1" | capacity (u64) | valid from (u64)
 
-all big-endian.  *valid from* is the oldest offset not yet overwritten.  Before
-the monitor overwrites a region it first raises *valid from* past it (two
+both numbers big-endian.  *valid from* is the oldest offset not yet overwritten.
+Before the monitor overwrites a region it first raises *valid from* past it (two
 ``pwrite`` calls, in that order), so a reader that copies ``[a, b)`` out and then
 finds *valid from* still at most ``a`` knows its copy is intact; otherwise it has
-been lapped.  The monitor never laps an attacher it still serves: it disconnects
-one that falls more than its queue size behind, and the ring is larger than that.
+been lapped.  Where the output ends is told in ``RING`` frames, not here.  The
+monitor never laps an attacher it still serves: it disconnects one that falls too
+far behind (see :mod:`iottymux.attach`), and the ring is larger than that.
 
 Readers use ``pread`` (never ``mmap``): reading is a copy the reader pays for, the
 syscalls order it against the monitor's writes on every architecture, and
@@ -42,12 +43,11 @@ if TYPE_CHECKING:
     from iottymux.logformat import Buffer
 
 MAGIC = b"IOTRING1"
-HEADER = struct.Struct(">8sQQQ")
+HEADER = struct.Struct(">8sQQ")
 #: Where the data starts: the header has a page to itself.
 DATA_START = 4096
-_WRITE_END = 16  # byte offsets of the fields the monitor updates
-_VALID_FROM = 24
-_POS = struct.Struct(">QQ")
+_VALID_FROM = 16  # the byte offset of the field the monitor updates
+_OFFSET = struct.Struct(">Q")
 
 
 class RingLapped(Exception):
@@ -64,7 +64,7 @@ class OutputRing:
         self.fd = os.memfd_create("iottymux-attach-ring", os.MFD_CLOEXEC)
         try:
             os.ftruncate(self.fd, DATA_START + capacity)
-            os.pwrite(self.fd, HEADER.pack(MAGIC, capacity, 0, 0), 0)
+            os.pwrite(self.fd, HEADER.pack(MAGIC, capacity, 0), 0)
         except BaseException:
             os.close(self.fd)
             raise
@@ -84,18 +84,19 @@ class OutputRing:
         if end - self.capacity > self.valid_from:
             # Announce the overwrite before making it.
             self.valid_from = end - self.capacity
-            os.pwrite(self.fd, _POS.pack(start, self.valid_from), _WRITE_END)
+            os.pwrite(self.fd, _OFFSET.pack(self.valid_from), _VALID_FROM)
         pos = start % self.capacity
-        for part in parts:
-            view = memoryview(part)
-            while view:
-                room = self.capacity - pos
-                chunk = view[:room]
-                written = os.pwrite(self.fd, chunk, DATA_START + pos)
-                view = view[written:]
-                pos = (pos + written) % self.capacity
+        written = 0
+        if pos + size <= self.capacity:
+            written = os.pwritev(self.fd, parts, DATA_START + pos)  # the usual case
+        if written < size:
+            rest = memoryview(b"".join(parts))[written:]
+            pos = (pos + written) % self.capacity
+            while rest:
+                done = os.pwrite(self.fd, rest[: self.capacity - pos], DATA_START + pos)
+                rest = rest[done:]
+                pos = (pos + done) % self.capacity
         self.write_end = end
-        os.pwrite(self.fd, _POS.pack(end, self.valid_from), _WRITE_END)
         self._dirty = True
         return end
 
@@ -107,7 +108,7 @@ class OutputRing:
         self.valid_from = self.write_end
         os.ftruncate(self.fd, DATA_START)
         os.ftruncate(self.fd, DATA_START + self.capacity)
-        os.pwrite(self.fd, HEADER.pack(MAGIC, self.capacity, self.write_end, self.valid_from), 0)
+        os.pwrite(self.fd, HEADER.pack(MAGIC, self.capacity, self.valid_from), 0)
         self._dirty = False
 
     def close(self) -> None:
@@ -123,7 +124,7 @@ class RingReader:
         """Take ``fd`` (closed here if it is no ring)."""
         self.fd = fd
         try:
-            magic, capacity, _end, _valid = HEADER.unpack(os.pread(fd, HEADER.size, 0))
+            magic, capacity, _valid = HEADER.unpack(os.pread(fd, HEADER.size, 0))
             if magic != MAGIC or capacity <= 0:
                 raise ValueError("not an iottymux attach ring")
         except BaseException:
@@ -158,7 +159,7 @@ class RingReader:
         return size
 
     def valid_from(self) -> int:
-        _end, valid = _POS.unpack(os.pread(self.fd, _POS.size, _WRITE_END))
+        (valid,) = _OFFSET.unpack(os.pread(self.fd, _OFFSET.size, _VALID_FROM))
         return int(valid)
 
     def close(self) -> None:
