@@ -780,6 +780,69 @@ def _terminate(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+TOOLS = ("ip", "nsenter", "runc", "conmon", "containerd", "docker-registry", "gcc")
+
+
+def preflight(script: str) -> int:
+    """0 when this machine can run the peer benchmarks (root, the tools), else 2."""
+    if os.geteuid() != 0:
+        print(f"{script}: needs root (netns, mounts, cgroups)", file=sys.stderr)
+        return 2
+    for tool in TOOLS:
+        if shutil.which(tool) is None:
+            print(f"{script}: {tool} is not installed", file=sys.stderr)
+            return 2
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
+    return 0
+
+
+@dataclass
+class Peers:
+    """The runtimes side by side, all started, and the writer they all run."""
+
+    writer: Path
+    rktlet: Target
+    rktlet_exec: Target
+    containerd: Target
+    conmon: Conmon
+
+    def cri_targets(self) -> list[Target]:
+        return [self.rktlet, self.rktlet_exec, self.containerd]
+
+
+def setup_peers(base: Path, token: str, cleanups: Cleanups) -> Peers:
+    """rktlet (with and without its fork server), containerd and conmon, in netns of ours."""
+    from fixtures.build_images import build_all
+
+    cleanups.add("remove the cgroups", lambda: remove_cgroup_tree(f"/rktlet-bench-{token}"))
+    writer = build_writer(base / "writer")
+    layout = build_all(base / "images" / "layout")
+    log_root = base / "pod-logs"
+    log("starting rktlet")
+    rk = setup_rktlet(base / "rktlet", layout, token, cleanups, log_root, False)
+    check_ready(rk)
+    rk_exec = setup_rktlet(
+        base / "rktlet-exec",
+        layout,
+        token,
+        cleanups,
+        log_root,
+        False,
+        label=RKTLET_EXEC,
+        extra_env={"RKTLET_NO_FORK_SERVER": "1"},
+    )
+    check_ready(rk_exec)
+    log("starting containerd")
+    ctd = setup_containerd(base / "containerd", layout, token, cleanups, log_root)
+    start_containerd(ctd)
+    cm_netns = NetNS("rktlet-bench-m").create()
+    cleanups.add("delete conmon's netns", cm_netns.delete)
+    conmon = Conmon(base / "conmon", cm_netns, f"/rktlet-bench-{token}/conmon", writer)
+    cleanups.add("conmon: containers, processes, leftovers", conmon.cleanup)
+    return Peers(writer, rk, rk_exec, ctd, conmon)
+
+
 def describe(exc: BaseException) -> str:
     if isinstance(exc, grpc.RpcError):
         return f"{exc.code().name}: {exc.details()}"
@@ -818,51 +881,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
     args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        print("compare.py: needs root (netns, mounts, cgroups)", file=sys.stderr)
-        return 2
-    for tool in ("ip", "nsenter", "runc", "conmon", "containerd", "docker-registry", "gcc"):
-        if shutil.which(tool) is None:
-            print(f"compare.py: {tool} is not installed", file=sys.stderr)
-            return 2
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
-
-    from fixtures.build_images import build_all
-
+    if code := preflight("compare.py"):
+        return code
     token = secrets.token_hex(4)
     base = Path(tempfile.mkdtemp(prefix="rktlet-bench-compare-"))
     cleanups = Cleanups()
     cleanups.add("remove the temp dir", lambda: shutil.rmtree(base, ignore_errors=True))
-    cleanups.add("remove the cgroups", lambda: remove_cgroup_tree(f"/rktlet-bench-{token}"))
     res = Results(args.size_mb, args.runs, lifecycle_pods=args.lifecycle_pods)
     timeout = max(600.0, args.size_mb * 1.0)
     load_before = os.getloadavg()
     try:
-        writer = build_writer(base / "writer")
-        layout = build_all(base / "images" / "layout")
-        log_root = base / "pod-logs"
-        log("starting rktlet")
-        rk = setup_rktlet(base / "rktlet", layout, token, cleanups, log_root, False)
-        check_ready(rk)
-        rk_exec = setup_rktlet(
-            base / "rktlet-exec",
-            layout,
-            token,
-            cleanups,
-            log_root,
-            False,
-            label=RKTLET_EXEC,
-            extra_env={"RKTLET_NO_FORK_SERVER": "1"},
+        peers = setup_peers(base, token, cleanups)
+        writer, rk, rk_exec, ctd, conmon = (
+            peers.writer,
+            peers.rktlet,
+            peers.rktlet_exec,
+            peers.containerd,
+            peers.conmon,
         )
-        check_ready(rk_exec)
-        log("starting containerd")
-        ctd = setup_containerd(base / "containerd", layout, token, cleanups, log_root)
-        start_containerd(ctd)
-        cm_netns = NetNS("rktlet-bench-m").create()
-        cleanups.add("delete conmon's netns", cm_netns.delete)
-        conmon = Conmon(base / "conmon", cm_netns, f"/rktlet-bench-{token}/conmon", writer)
-        cleanups.add("conmon: containers, processes, leftovers", conmon.cleanup)
 
         runners: dict[str, Callable[[int, int], Run]] = {
             "rktlet": lambda ls, n: cri_throughput(rk, writer, ls, n, timeout),

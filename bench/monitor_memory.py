@@ -32,7 +32,6 @@ import contextlib
 import os
 import secrets
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -47,26 +46,24 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import grpc
 
-from bench._cri_peer import NetNS, RktletDaemon, remove_cgroup_tree
-from bench._writer import build_writer, writer_args
+from bench._cri_peer import RktletDaemon
+from bench._writer import writer_args
 from bench.compare import (
     RKTLET,
     RKTLET_EXEC,
     Conmon,
     container_config,
     describe,
+    preflight,
     remove_pod,
+    setup_peers,
     wait_logged,
 )
 from bench.lifecycle import (
     Cleanups,
     Target,
-    check_ready,
     log,
     machine_lines,
-    setup_containerd,
-    setup_rktlet,
-    start_containerd,
     version_lines,
 )
 from cri.api import api_pb2
@@ -328,48 +325,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mb", type=int, default=8, help="MB each container logs first")
     args = parser.parse_args(argv)
     scales = [int(x) for x in args.pods.split(",") if x]
-    if os.geteuid() != 0:
-        print("monitor_memory.py: needs root (netns, mounts, cgroups)", file=sys.stderr)
-        return 2
-    for tool in ("ip", "nsenter", "runc", "conmon", "containerd", "docker-registry", "gcc"):
-        if shutil.which(tool) is None:
-            print(f"monitor_memory.py: {tool} is not installed", file=sys.stderr)
-            return 2
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
-
-    from fixtures.build_images import build_all
-
+    if code := preflight("monitor_memory.py"):
+        return code
     token = secrets.token_hex(4)
     base = Path(tempfile.mkdtemp(prefix="rktlet-bench-memory-"))
     cleanups = Cleanups()
     cleanups.add("remove the temp dir", lambda: shutil.rmtree(base, ignore_errors=True))
-    cleanups.add("remove the cgroups", lambda: remove_cgroup_tree(f"/rktlet-bench-{token}"))
     size = args.mb * MB
     load_before = os.getloadavg()
     try:
-        writer = build_writer(base / "writer")
-        layout = build_all(base / "images" / "layout")
-        log_root = base / "pod-logs"
-        rk = setup_rktlet(base / "rktlet", layout, token, cleanups, log_root, False)
-        rk_exec = setup_rktlet(
-            base / "rktlet-exec",
-            layout,
-            token,
-            cleanups,
-            log_root,
-            False,
-            label=RKTLET_EXEC,
-            extra_env={"RKTLET_NO_FORK_SERVER": "1"},
+        peers = setup_peers(base, token, cleanups)
+        writer, rk, rk_exec, ctd, conmon = (
+            peers.writer,
+            peers.rktlet,
+            peers.rktlet_exec,
+            peers.containerd,
+            peers.conmon,
         )
-        ctd = setup_containerd(base / "containerd", layout, token, cleanups, log_root)
-        start_containerd(ctd)
-        for target in (rk, rk_exec):
-            check_ready(target)
-        cm_netns = NetNS("rktlet-bench-m").create()
-        cleanups.add("delete conmon's netns", cm_netns.delete)
-        conmon = Conmon(base / "conmon", cm_netns, f"/rktlet-bench-{token}/conmon", writer)
-        cleanups.add("conmon: containers, processes, leftovers", conmon.cleanup)
         runners: dict[str, Callable[[int], Scale]] = {
             RKTLET: lambda n: cri_scale(rk, writer, n, size),
             RKTLET_EXEC: lambda n: cri_scale(rk_exec, writer, n, size),

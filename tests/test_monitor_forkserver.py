@@ -10,9 +10,6 @@ import os
 import select
 import signal
 import socket
-import subprocess
-import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +18,7 @@ import pytest
 from iottymux.control import ControlClient
 from iottymux.forkserver import ForkServer, ForkServerUnavailable, MonitorStartError
 from iottymux.monitor_cmd import start_detached
-from tests.conftest import REPO, kill_tree, pid_alive
+from tests.conftest import kill_tree, pid_alive
 
 
 @pytest.fixture
@@ -107,44 +104,6 @@ def test_a_long_run_dir_still_shows_whole_on_the_command_line(
     monitors.append(pid)
     assert len(str(run_dir)) > 300
     assert cmdline(pid).endswith(f"iottymux monitor --run-dir {run_dir}")
-
-
-def test_monitors_outlive_the_fork_server_and_the_process_that_started_it(
-    monitors: list[int], tmp_path: Path
-) -> None:
-    run_dir = tmp_path / "run"
-    starter_code = textwrap.dedent(f"""
-        import sys, time
-        sys.path.insert(0, {str(REPO)!r})
-        from iottymux.forkserver import ForkServer
-        server = ForkServer()
-        print(server.start_monitor({str(run_dir)!r}), server.pid, flush=True)
-        time.sleep(3600)
-    """)
-    starter = subprocess.Popen(
-        [sys.executable, "-c", starter_code],
-        stdout=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        assert starter.stdout is not None
-        monitor_pid, server_pid = (int(x) for x in starter.stdout.readline().split())
-        monitors.append(monitor_pid)
-        # The daemon dies: its fork server reads the hang-up and exits with it ...
-        os.killpg(starter.pid, signal.SIGKILL)
-        starter.wait(timeout=10)
-        assert wait_gone(server_pid), "the fork server outlived its client"
-        # ... and the pod's monitor goes on logging.
-        assert pid_alive(monitor_pid)
-        log = tmp_path / "after.log"
-        assert log_one_line(run_dir, log, "still here").endswith(b" stdout F still here\n")
-    finally:
-        if starter.poll() is None:
-            os.killpg(starter.pid, signal.SIGKILL)
-            starter.wait()
-        if starter.stdout is not None:
-            starter.stdout.close()
 
 
 def test_neither_the_fork_server_nor_a_monitor_holds_the_clients_descriptors(
