@@ -25,11 +25,10 @@ each read is written there once, whoever reads it, and the attacher's socket
 carries a small ``RING`` frame per batch (never more than one unanswered) and
 its ``ACK``.  How far a ring attacher is behind is what it has not acknowledged;
 past its queue size plus the socket buffer a socket attacher would have had
-(twice :data:`SEND_BUFFER`: the same slack either way) it is disconnected with the same
-``overflow`` reason, and the ring is sized so that no attacher still served is
-ever overwritten.  The
-ring exists only while ring attachers do (its pages are given back when the
-last one leaves).
+(twice :data:`SEND_BUFFER`: the same slack either way) it is disconnected with
+the same ``overflow`` reason, and the ring is sized so that no attacher still
+served is ever overwritten.  The ring is written only while ring attachers take
+output, and its pages are given back when the last one has gone.
 
 Stdin from all attachers goes into one queue, written to the app whole message
 by whole message, in arrival order.  When the app does not read and the queue
