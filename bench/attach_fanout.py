@@ -224,8 +224,11 @@ def ring_frame(
     """One socket frame of a ring attacher (``buffer``: the reader's, for ring bytes)."""
     client = drain.client
     if kind == proto.RING:
-        end = proto.decode_offset(payload)
+        told = proto.decode_offset(payload)
         assert client.ring is not None
+        if told <= client.ring_offset:
+            return  # already read ahead past it
+        end = client.ring.available(client.ring_offset, told)
         try:
             size = client.ring.read_into(buffer, client.ring_offset, end)
         except RingLapped:

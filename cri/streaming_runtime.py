@@ -309,8 +309,29 @@ class ContainerStreamingRuntime:
             if resize_queue is not None and tty:
                 tasks.append(asyncio.create_task(_resize_frames(resize_queue, writer)))
             output: list[tuple[int, bytes]] = []
+
+            def read_ring(told: int) -> None:
+                """Ring output from where we are to at least ``told`` (on to its write end
+                if more is there), with its ACK due once that output is delivered."""
+                nonlocal ring_offset
+                assert ring is not None
+                end = ring.available(ring_offset, told)
+                if end <= ring_offset:
+                    return
+                try:
+                    chunk = ring.read(ring_offset, end)
+                except RingLapped as exc:
+                    raise Unavailable(f"attach ended: overflow: {exc}") from None
+                output.extend(ring_frames.receive_data(chunk))
+                ring_offset = end
+                # A slow client counts as behind, exactly as on the socket.
+                output.append((_ACK_DUE, proto.encode_offset(proto.ACK, end)))
+
             while True:
                 while not frames and not output:
+                    if ring is not None and ring.write_end() > ring_offset:
+                        read_ring(0)  # behind: read on without waiting for a RING
+                        continue
                     data = await reader.read(1 << 18)
                     if not data:
                         return
@@ -329,19 +350,9 @@ class ContainerStreamingRuntime:
                 elif kind == proto.RING:
                     if ring is None:
                         raise Unavailable("attach: the monitor sent RING without a ring")
-                    end = proto.decode_offset(payload)
-                    try:
-                        chunk = ring.read(ring_offset, end)
-                    except RingLapped as exc:
-                        raise Unavailable(f"attach ended: overflow: {exc}") from None
-                    output.extend(ring_frames.receive_data(chunk))
-                    ring_offset = end
-                    if not output:
-                        writer.write(proto.encode_offset(proto.ACK, end))
-                    else:
-                        # Answered once this output is delivered: a slow client
-                        # counts as behind, exactly as on the socket.
-                        output.append((_ACK_DUE, proto.encode_offset(proto.ACK, end)))
+                    told = proto.decode_offset(payload)
+                    if told > ring_offset:  # else: already read ahead past it
+                        read_ring(told)
                 elif kind == _ACK_DUE:
                     writer.write(payload)
                 elif kind == proto.STDOUT and streams.stdout is not None:

@@ -21,14 +21,15 @@ That copies every read into every attacher's socket: the kernel's work grows wit
 the number of attachers, and a hundred of them cost the app most of its
 throughput.  An attacher that asks for the *ring* (``HELLO`` ``ring``) gets the
 output through the endpoint's :class:`~iottymux.outring.OutputRing` instead:
-each read is written there once, whoever reads it, and the attacher's socket
-carries a small ``RING`` frame per batch (never more than one unanswered) and
-its ``ACK``.  How far a ring attacher is behind is what it has not acknowledged;
-past its queue size plus the socket buffer a socket attacher would have had
-(twice :data:`SEND_BUFFER`: the same slack either way) it is disconnected with
-the same ``overflow`` reason, and the ring is sized so that no attacher still
-served is ever overwritten.  The ring is written only while ring attachers take
-output, and its pages are given back when the last one has gone.
+each read is written there once, whoever reads it; the attacher reads on by
+itself while it is behind, and its socket carries its ``ACK`` frames and, when it
+has caught up, a small ``RING`` wake-up once there is more.  How far a ring
+attacher is behind is what it has not acknowledged; past its queue size plus the
+socket buffer a socket attacher would have had (twice :data:`SEND_BUFFER`: the
+same slack either way) it is disconnected with the same ``overflow`` reason, and
+the ring is sized so that no attacher still served is ever overwritten.  The ring
+is written only while ring attachers take output, and its pages are given back
+when the last one has gone.
 
 Stdin from all attachers goes into one queue, written to the app whole message
 by whole message, in arrival order.  When the app does not read and the queue
@@ -118,7 +119,7 @@ class Attacher:
         self.detached = False
         #: Output comes through the endpoint's ring (until the attacher closes).
         self.ring = False
-        #: Ring offsets: up to where it was told (RING), up to where it has read (ACK).
+        #: Ring offsets: up to where it was last told (RING), up to where it has read (ACK).
         self.notified = 0
         self.acked = 0
 
@@ -263,7 +264,7 @@ class AttachEndpoint:
                 # now (if it falls a whole ring behind it sees that itself).
                 if start - attacher.acked > self._ring_limit() and not attacher.paused:
                     self._overflow(attacher, self._ring_limit())
-                elif attacher.notified == attacher.acked:
+                elif attacher.notified <= attacher.acked:
                     self._notify(attacher, end)
             elif kind in attacher.wants:
                 self._enqueue(attacher, head, data)
@@ -536,14 +537,15 @@ class AttachEndpoint:
     def _acked(self, attacher: Attacher, offset: int) -> None:
         if not attacher.ring:
             raise proto.AttachProtocolError("ACK from an attacher that reads no ring")
-        if not attacher.acked <= offset <= attacher.notified:
+        ring = self.output_ring
+        end = ring.write_end if ring is not None else 0
+        if not attacher.acked <= offset <= end:
             raise proto.AttachProtocolError(
-                f"ACK of offset {offset} is outside [{attacher.acked}, {attacher.notified}]"
+                f"ACK of offset {offset} is outside [{attacher.acked}, {end}]"
             )
         attacher.acked = offset
-        ring = self.output_ring
-        if offset == attacher.notified and ring is not None and offset < ring.write_end:
-            self._notify(attacher, ring.write_end)
+        if attacher.notified <= offset < end:
+            self._notify(attacher, end)
 
     def _client_gone(self, attacher: Attacher) -> None:
         if not attacher.detached:

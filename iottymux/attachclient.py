@@ -112,24 +112,33 @@ class AttachClient:
             if kind != proto.RING:
                 out.append((kind, payload))
                 continue
-            end = proto.decode_offset(payload)
+            told = proto.decode_offset(payload)
             if self.ring is None:
                 raise proto.AttachProtocolError("RING frame without a ring")
-            try:
-                data = self.ring.read(self.ring_offset, end)
-            except RingLapped as exc:
-                # The monitor would have said so too; this side found out first.
-                out.append((proto.ERROR, f"overflow: {exc}".encode()))
-                continue
-            self.ring_offset = end
-            for frame in self._ring_frames.receive_data(data):
-                if frame[0] in self.wants:
-                    out.append(frame)
-            try:
-                self.sock.sendall(proto.encode_offset(proto.ACK, end))
-            except OSError:
-                pass  # the monitor has closed; what is read is still good
+            if told > self.ring_offset:  # else: already read ahead past it
+                out.extend(self._read_ring(told))
         return out
+
+    def _read_ring(self, told: int) -> list[tuple[int, bytes]]:
+        """Read the ring from where we are to at least ``told`` (on to its write end if
+        more is there), acknowledge, and return the frames wanted."""
+        assert self.ring is not None
+        end = self.ring.available(self.ring_offset, told)
+        if end <= self.ring_offset:
+            return []
+        try:
+            data = self.ring.read(self.ring_offset, end)
+        except RingLapped as exc:
+            # The monitor would have said so too; this side found out first.
+            self.ring.close()
+            self.ring = None
+            return [(proto.ERROR, f"overflow: {exc}".encode())]
+        self.ring_offset = end
+        try:
+            self.sock.sendall(proto.encode_offset(proto.ACK, end))
+        except OSError:
+            pass  # the monitor has closed; what is read is still good
+        return [f for f in self._ring_frames.receive_data(data) if f[0] in self.wants]
 
     def close(self) -> None:
         self.sock.close()
@@ -167,6 +176,10 @@ class AttachClient:
     def next_frame(self) -> tuple[int, bytes]:
         """The next frame; ``ConnectionError`` once the monitor closed the socket."""
         while not self._frames:
+            if self.ring is not None and self.ring.write_end() > self.ring_offset:
+                # Behind: read on from the ring without waiting for a RING.
+                self._frames.extend(self._read_ring(0))
+                continue
             data = self.sock.recv(1 << 18)
             if not data:
                 raise ConnectionError("attach connection closed")

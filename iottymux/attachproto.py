@@ -32,8 +32,9 @@ Client to monitor:
     disconnect does not count as the end of its stdin, even for ``stdin_once``.
 ``ACK`` (6)
     Ring attachers only: ``offset`` (uint64, big-endian): the attacher has read
-    the ring up to there.  It answers each ``RING``; the monitor measures how far
-    the attacher is behind by it, and sends the next ``RING`` once it came.
+    the ring up to there (at most the ring's write end).  The monitor measures
+    how far the attacher is behind by it; an attacher sends one after each read
+    of the ring, and at least one after each ``RING`` it got.
 
 Monitor to client:
 
@@ -54,11 +55,14 @@ Monitor to client:
     UTF-8 reason; the monitor closes the connection after it, for example when
     this attacher fell more than its queue size behind (``overflow: ...``).
 ``RING`` (21)
-    Ring attachers only: ``offset`` (uint64, big-endian): the ring holds this
-    attacher's output up to there (``STDOUT``/``STDERR`` frames, all of them:
-    the attacher skips streams it did not ask for).  At most one is outstanding
-    (unanswered by ``ACK``); frames on the socket keep their order with the
-    ring's, so an ``EXIT`` comes after the ``RING`` that ends the output.
+    Ring attachers only: ``offset`` (uint64, big-endian): the ring holds output
+    for this attacher at least up to there (``STDOUT``/``STDERR`` frames, all of
+    them: the attacher skips streams it did not ask for).  It is sent when the
+    attacher has acknowledged everything it was told and there is more; an
+    attacher that is behind reads on to the ring's write end without waiting
+    for one.  Frames on the socket keep their order with the ring's, so an
+    ``EXIT`` comes after the ``RING`` that ends the output (an attacher that read
+    ahead may get a ``RING`` for output it has already read, and skips it).
 
 A frame's payload is at most :data:`MAX_PAYLOAD` bytes; larger frames are a
 protocol error.  :class:`FrameDecoder` is fed bytes and returns frames; the

@@ -7,24 +7,29 @@ with a hundred attachers the monitor spends its time in the kernel copying, not
 logging.  An attacher that says ``ring`` in its ``HELLO`` is instead handed a
 read-only descriptor of this ring (a ``memfd``, so always memory, never disk) and
 the monitor writes each read into the ring once, whatever the number of
-attachers; the socket then carries only small ``RING`` frames ("your output is in
-the ring up to offset N") and the attacher's ``ACK`` frames ("I have read up to
-N").  See :mod:`iottymux.attachproto` for the frames.
+attachers; the socket then carries only small ``RING`` frames ("there is output
+for you in the ring, at least up to offset N": a wake-up for an attacher that
+has read everything) and the attacher's ``ACK`` frames ("I have read up to N").
+An attacher that is behind never waits for the monitor: it reads on up to the
+*write end* the header publishes.  See :mod:`iottymux.attachproto` for the
+frames.
 
 The ring holds the same byte stream a socket attacher receives: ``STDOUT`` and
 ``STDERR`` frames, one after the other.  Offsets are absolute (bytes written
 since the ring was made, never reset); offset ``x`` lives at
 ``DATA_START + x % capacity``.  The first page holds a header::
 
-    magic "IOTRING1" | capacity (u64) | valid from (u64)
+    magic "IOTRING1" | capacity (u64) | valid from (u64) | write end (u64)
 
-both numbers big-endian.  *valid from* is the oldest offset not yet overwritten.
-Before the monitor overwrites a region it first raises *valid from* past it (two
-``pwrite`` calls, in that order), so a reader that copies ``[a, b)`` out and then
-finds *valid from* still at most ``a`` knows its copy is intact; otherwise it has
-been lapped.  Where the output ends is told in ``RING`` frames, not here.  The
-monitor never laps an attacher it still serves: it disconnects one that falls too
-far behind (see :mod:`iottymux.attach`), and the ring is larger than that.
+the numbers big-endian.  *write end* is where the output written so far ends;
+the monitor raises it after writing the bytes, so whatever a reader finds there
+is complete.  *valid from* is the oldest offset not yet overwritten: before the
+monitor overwrites a region it first raises *valid from* past it, so a reader
+that copies ``[a, b)`` out and then finds *valid from* still at most ``a`` knows
+its copy is intact; otherwise it has been lapped.  (Each update is its own
+``pwrite``, in that order.)  The monitor never laps an attacher it still serves:
+it disconnects one that falls too far behind (see :mod:`iottymux.attach`), and
+the ring is larger than that.
 
 Readers use ``pread`` (never ``mmap``): reading is a copy the reader pays for, the
 syscalls order it against the monitor's writes on every architecture, and
@@ -43,10 +48,11 @@ if TYPE_CHECKING:
     from iottymux.logformat import Buffer
 
 MAGIC = b"IOTRING1"
-HEADER = struct.Struct(">8sQQ")
+HEADER = struct.Struct(">8sQQQ")
 #: Where the data starts: the header has a page to itself.
 DATA_START = 4096
-_VALID_FROM = 16  # the byte offset of the field the monitor updates
+_VALID_FROM = 16  # byte offsets of the fields the monitor updates
+_WRITE_END = 24
 _OFFSET = struct.Struct(">Q")
 
 
@@ -64,7 +70,7 @@ class OutputRing:
         self.fd = os.memfd_create("iottymux-attach-ring", os.MFD_CLOEXEC)
         try:
             os.ftruncate(self.fd, DATA_START + capacity)
-            os.pwrite(self.fd, HEADER.pack(MAGIC, capacity, 0), 0)
+            os.pwrite(self.fd, HEADER.pack(MAGIC, capacity, 0, 0), 0)
         except BaseException:
             os.close(self.fd)
             raise
@@ -97,6 +103,7 @@ class OutputRing:
                 rest = rest[done:]
                 pos = (pos + done) % self.capacity
         self.write_end = end
+        os.pwrite(self.fd, _OFFSET.pack(end), _WRITE_END)  # published only once written
         self._dirty = True
         return end
 
@@ -108,7 +115,7 @@ class OutputRing:
         self.valid_from = self.write_end
         os.ftruncate(self.fd, DATA_START)
         os.ftruncate(self.fd, DATA_START + self.capacity)
-        os.pwrite(self.fd, HEADER.pack(MAGIC, self.capacity, self.valid_from), 0)
+        os.pwrite(self.fd, HEADER.pack(MAGIC, self.capacity, self.valid_from, self.write_end), 0)
         self._dirty = False
 
     def close(self) -> None:
@@ -124,7 +131,7 @@ class RingReader:
         """Take ``fd`` (closed here if it is no ring)."""
         self.fd = fd
         try:
-            magic, capacity, _valid = HEADER.unpack(os.pread(fd, HEADER.size, 0))
+            magic, capacity, _valid, _end = HEADER.unpack(os.pread(fd, HEADER.size, 0))
             if magic != MAGIC or capacity <= 0:
                 raise ValueError("not an iottymux attach ring")
         except BaseException:
@@ -161,6 +168,16 @@ class RingReader:
     def valid_from(self) -> int:
         (valid,) = _OFFSET.unpack(os.pread(self.fd, _OFFSET.size, _VALID_FROM))
         return int(valid)
+
+    def write_end(self) -> int:
+        """Where the output written so far ends (every byte before it is there)."""
+        (end,) = _OFFSET.unpack(os.pread(self.fd, _OFFSET.size, _WRITE_END))
+        return int(end)
+
+    def available(self, start: int, told: int) -> int:
+        """How far to read from ``start``: past ``told`` (a RING's offset) when the
+        monitor has written more since, but never more than the ring holds."""
+        return min(max(told, self.write_end()), start + self.capacity)
 
     def close(self) -> None:
         if self.fd >= 0:

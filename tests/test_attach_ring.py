@@ -272,3 +272,52 @@ def test_an_app_that_already_exited_offers_no_ring(monitor: MonitorHandle, tmp_p
         _, _, exit_body, _ = client.collect()
     assert exit_body is not None and exit_body["exit_code"] == 0
     assert log.read_bytes().endswith(b" stdout F bye\n")
+
+
+def test_a_reader_behind_reads_on_to_the_write_end_and_may_ack_it(
+    monitor: MonitorHandle, tmp_path: Path
+) -> None:
+    code = """
+        import os, sys
+        for i in range(3):
+            os.write(1, b"chunk %d\\n" % i)
+            sys.stdin.readline()
+    """
+    monitor.request(
+        "add",
+        app="steps",
+        command=[PY, "-c", textwrap.dedent(code)],
+        stdin="stream",
+        stdout="stream",
+        stderr="null",
+        log_path=str(tmp_path / "steps.log"),
+    )
+    with AttachClient(endpoint_path(str(monitor.run_dir), "steps"), ring=True) as client:
+        assert client.ring is not None
+        monitor.request("start", app="steps")
+        decoder = proto.FrameDecoder(proto.SERVER_KINDS)
+        data = client.sock.recv(4096)
+        (kind, payload), *_ = decoder.receive_data(data)
+        assert kind == proto.RING
+        told = proto.decode_offset(payload)
+        # Without answering that RING, let the app write twice more.
+        for _ in range(2):
+            client.send_stdin(b"\n")
+            while client.ring.write_end() <= told:
+                threading.Event().wait(0.01)
+            told = client.ring.write_end()
+        end = client.ring.available(0, 1)
+        assert end == told == 3 * (proto.HEADER_SIZE + len(b"chunk 0\n"))
+        assert client.ring.read(0, end).count(b"chunk ") == 3
+        client.sock.sendall(proto.encode_offset(proto.ACK, end))
+        client.send_stdin(b"\n")
+        status = monitor.request("wait", app="steps")
+        # The ACK past the last RING was taken: no protocol error, just the end.
+        frames = []
+        while chunk := client.sock.recv(4096):
+            frames += decoder.receive_data(chunk)
+    assert status["exit_code"] == 0
+    assert status["attach"]["overflow_disconnects"] == 0
+    kinds = [k for k, _ in frames]
+    assert proto.ERROR not in kinds and kinds[-1] == proto.EXIT
+    assert set(kinds[:-1]) <= {proto.RING}
