@@ -811,6 +811,28 @@ class Peers:
         return [self.rktlet, self.rktlet_exec, self.containerd]
 
 
+def run_with_peers(script: str, body: Callable[[Peers, Path], int]) -> int:
+    """Check the machine, set the peers up, run ``body(peers, work dir)``, and remove
+    everything made, whatever happens; ``body``'s exit status."""
+    if code := preflight(script):
+        return code
+    token = secrets.token_hex(4)
+    base = Path(tempfile.mkdtemp(prefix=f"rktlet-bench-{script.removesuffix('.py')}-"))
+    cleanups = Cleanups()
+    cleanups.add("remove the temp dir", lambda: shutil.rmtree(base, ignore_errors=True))
+    try:
+        return body(setup_peers(base, token, cleanups), base)
+    except (KeyboardInterrupt, SystemExit) as exc:
+        log(f"interrupted ({exc!r})")
+        return exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 130
+    except BaseException:
+        traceback.print_exc()
+        return 1
+    finally:
+        log("cleaning up")
+        cleanups.run()
+
+
 def setup_peers(base: Path, token: str, cleanups: Cleanups) -> Peers:
     """rktlet (with and without its fork server), containerd and conmon, in netns of ours."""
     from fixtures.build_images import build_all
@@ -881,121 +903,108 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
     args = parser.parse_args(argv)
-    if code := preflight("compare.py"):
-        return code
-    token = secrets.token_hex(4)
-    base = Path(tempfile.mkdtemp(prefix="rktlet-bench-compare-"))
-    cleanups = Cleanups()
-    cleanups.add("remove the temp dir", lambda: shutil.rmtree(base, ignore_errors=True))
     res = Results(args.size_mb, args.runs, lifecycle_pods=args.lifecycle_pods)
+    return run_with_peers("compare.py", lambda peers, base: _compare(args, res, peers, base))
+
+
+def _compare(args: argparse.Namespace, res: Results, peers: Peers, base: Path) -> int:
     timeout = max(600.0, args.size_mb * 1.0)
     load_before = os.getloadavg()
-    try:
-        peers = setup_peers(base, token, cleanups)
-        writer, rk, rk_exec, ctd, conmon = (
-            peers.writer,
-            peers.rktlet,
-            peers.rktlet_exec,
-            peers.containerd,
-            peers.conmon,
-        )
+    writer, rk, rk_exec, ctd, conmon = (
+        peers.writer,
+        peers.rktlet,
+        peers.rktlet_exec,
+        peers.containerd,
+        peers.conmon,
+    )
 
-        runners: dict[str, Callable[[int, int], Run]] = {
-            "rktlet": lambda ls, n: cri_throughput(rk, writer, ls, n, timeout),
-            "containerd": lambda ls, n: cri_throughput(ctd, writer, ls, n, timeout),
-            "conmon": lambda ls, n: conmon.throughput(ls, n, timeout),
-            LIMIT: lambda ls, n: conmon.limit(ls, n),
+    runners: dict[str, Callable[[int, int], Run]] = {
+        "rktlet": lambda ls, n: cri_throughput(rk, writer, ls, n, timeout),
+        "containerd": lambda ls, n: cri_throughput(ctd, writer, ls, n, timeout),
+        "conmon": lambda ls, n: conmon.throughput(ls, n, timeout),
+        LIMIT: lambda ls, n: conmon.limit(ls, n),
+    }
+    warm_up(base, args.size_mb * MB)
+    for line_size, label in LINE_SIZES:
+        total = args.size_mb * MB // line_size * line_size
+        for rnd in range(args.runs):
+            order = TP_ROWS[rnd % 4 :] + TP_ROWS[: rnd % 4]
+            for rt in order:
+                key = f"{rt} throughput {label}"
+                if key in res.errors:
+                    continue
+                try:
+                    run = runners[rt](line_size, total)
+                except (grpc.RpcError, RuntimeError, OSError, subprocess.SubprocessError) as e:
+                    res.errors[key] = describe(e)
+                    log(f"{key}: {res.errors[key]}")
+                    continue
+                res.throughput.setdefault((rt, line_size), []).append(run)
+                log(
+                    f"{label} {rt} round {rnd + 1}: "
+                    f"{run.expected / MB / run.seconds:.0f} MB/s, "
+                    f"CPU {run.cpu:.2f} s, lost {run.lost} B, bad records {run.bad_records}"
+                )
+
+    if not args.no_memory:
+        mem_runners: dict[str, Callable[[int], Memory]] = {
+            "rktlet": lambda n: cri_memory(rk, writer, n),
+            "containerd": lambda n: cri_memory(ctd, writer, n),
+            "conmon": conmon.memory,
         }
-        warm_up(base, args.size_mb * MB)
-        for line_size, label in LINE_SIZES:
-            total = args.size_mb * MB // line_size * line_size
+        for n in (1, 8):
             for rnd in range(args.runs):
-                order = TP_ROWS[rnd % 4 :] + TP_ROWS[: rnd % 4]
+                order = RUNTIMES[rnd % 3 :] + RUNTIMES[: rnd % 3]
                 for rt in order:
-                    key = f"{rt} throughput {label}"
+                    key = f"{rt} memory {n}"
                     if key in res.errors:
                         continue
                     try:
-                        run = runners[rt](line_size, total)
-                    except (grpc.RpcError, RuntimeError, OSError, subprocess.SubprocessError) as e:
+                        m = mem_runners[rt](n)
+                    except (grpc.RpcError, RuntimeError, OSError) as e:
                         res.errors[key] = describe(e)
                         log(f"{key}: {res.errors[key]}")
                         continue
-                    res.throughput.setdefault((rt, line_size), []).append(run)
+                    res.memory.setdefault((rt, n), []).append(m)
                     log(
-                        f"{label} {rt} round {rnd + 1}: "
-                        f"{run.expected / MB / run.seconds:.0f} MB/s, "
-                        f"CPU {run.cpu:.2f} s, lost {run.lost} B, bad records {run.bad_records}"
+                        f"memory {n} ctr {rt}: RSS {m.rss / 1024:.1f} MiB, "
+                        f"PSS {m.pss / 1024:.1f} MiB, logged ok {m.logged_ok}"
                     )
 
-        if not args.no_memory:
-            mem_runners: dict[str, Callable[[int], Memory]] = {
-                "rktlet": lambda n: cri_memory(rk, writer, n),
-                "containerd": lambda n: cri_memory(ctd, writer, n),
-                "conmon": conmon.memory,
-            }
-            for n in (1, 8):
-                for rnd in range(args.runs):
-                    order = RUNTIMES[rnd % 3 :] + RUNTIMES[: rnd % 3]
-                    for rt in order:
-                        key = f"{rt} memory {n}"
-                        if key in res.errors:
-                            continue
-                        try:
-                            m = mem_runners[rt](n)
-                        except (grpc.RpcError, RuntimeError, OSError) as e:
-                            res.errors[key] = describe(e)
-                            log(f"{key}: {res.errors[key]}")
-                            continue
-                        res.memory.setdefault((rt, n), []).append(m)
-                        log(
-                            f"memory {n} ctr {rt}: RSS {m.rss / 1024:.1f} MiB, "
-                            f"PSS {m.pss / 1024:.1f} MiB, logged ok {m.logged_ok}"
-                        )
+    res.scales = [int(n) for n in args.scale_pods.split(",") if n] if not args.no_memory else []
+    res.scale_mb = args.scale_mb
+    if res.scales:
+        from bench import monitor_memory as mm
 
-        res.scales = [int(n) for n in args.scale_pods.split(",") if n] if not args.no_memory else []
-        res.scale_mb = args.scale_mb
-        if res.scales:
-            from bench import monitor_memory as mm
+        size = args.scale_mb * MB
+        scale_runners: dict[str, Callable[[int], Any]] = {
+            RKTLET: lambda n: mm.cri_scale(rk, writer, n, size),
+            RKTLET_EXEC: lambda n: mm.cri_scale(rk_exec, writer, n, size),
+            "containerd": lambda n: mm.cri_scale(ctd, writer, n, size),
+            "conmon": lambda n: mm.conmon_scale(conmon, n, size),
+        }
+        mm.run_scales(scale_runners, res.scales, res.scale, res.errors)
 
-            size = args.scale_mb * MB
-            scale_runners: dict[str, Callable[[int], Any]] = {
-                RKTLET: lambda n: mm.cri_scale(rk, writer, n, size),
-                RKTLET_EXEC: lambda n: mm.cri_scale(rk_exec, writer, n, size),
-                "containerd": lambda n: mm.cri_scale(ctd, writer, n, size),
-                "conmon": lambda n: mm.conmon_scale(conmon, n, size),
-            }
-            mm.run_scales(scale_runners, res.scales, res.scale, res.errors)
+    log(f"lifecycle: {args.lifecycle_pods} pods per runtime")
+    lifecycle_runs([rk, rk_exec, ctd], args.lifecycle_pods, args.warmup, res)
 
-        log(f"lifecycle: {args.lifecycle_pods} pods per runtime")
-        lifecycle_runs([rk, rk_exec, ctd], args.lifecycle_pods, args.warmup, res)
-
-        load_after = os.getloadavg()
-        res.header = [
-            *machine_lines(),
-            f"load average (1 min) before/after: {load_before[0]:.2f} / {load_after[0]:.2f}",
-            *version_lines([rk, rk_exec, ctd]),
-            f"conmon: {tool_version([CONMON, '--version'])}",
-            f"busybox: {tool_version(['busybox'])}",
-            f"gcc (the writer's): {tool_version(['gcc', '--version'])}",
-            f"command: `bench/compare.py --size-mb {args.size_mb} --runs {args.runs} "
-            f"--lifecycle-pods {args.lifecycle_pods} --scale-pods {args.scale_pods} "
-            f"--scale-mb {args.scale_mb}`",
-        ]
-        sections = report(res)
-        update_results(args.out, sections, placeholders=PLACEHOLDERS)
-        print("\n\n".join(body for body in sections.values() if body))
-        lost = any(r.lost or r.bad_records for runs in res.throughput.values() for r in runs)
-        return 1 if res.errors or lost else 0
-    except (KeyboardInterrupt, SystemExit) as exc:
-        log(f"interrupted ({exc!r})")
-        return exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 130
-    except BaseException:
-        traceback.print_exc()
-        return 1
-    finally:
-        log("cleaning up")
-        cleanups.run()
+    load_after = os.getloadavg()
+    res.header = [
+        *machine_lines(),
+        f"load average (1 min) before/after: {load_before[0]:.2f} / {load_after[0]:.2f}",
+        *version_lines([rk, rk_exec, ctd]),
+        f"conmon: {tool_version([CONMON, '--version'])}",
+        f"busybox: {tool_version(['busybox'])}",
+        f"gcc (the writer's): {tool_version(['gcc', '--version'])}",
+        f"command: `bench/compare.py --size-mb {args.size_mb} --runs {args.runs} "
+        f"--lifecycle-pods {args.lifecycle_pods} --scale-pods {args.scale_pods} "
+        f"--scale-mb {args.scale_mb}`",
+    ]
+    sections = report(res)
+    update_results(args.out, sections, placeholders=PLACEHOLDERS)
+    print("\n\n".join(body for body in sections.values() if body))
+    lost = any(r.lost or r.bad_records for runs in res.throughput.values() for r in runs)
+    return 1 if res.errors or lost else 0
 
 
 if __name__ == "__main__":

@@ -34,9 +34,7 @@ import secrets
 import shutil
 import statistics
 import sys
-import tempfile
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,15 +50,14 @@ from bench.compare import (
     RKTLET,
     RKTLET_EXEC,
     Conmon,
+    Peers,
     container_config,
     describe,
-    preflight,
     remove_pod,
-    setup_peers,
+    run_with_peers,
     wait_logged,
 )
 from bench.lifecycle import (
-    Cleanups,
     Target,
     log,
     machine_lines,
@@ -325,52 +322,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mb", type=int, default=8, help="MB each container logs first")
     args = parser.parse_args(argv)
     scales = [int(x) for x in args.pods.split(",") if x]
-    if code := preflight("monitor_memory.py"):
-        return code
-    token = secrets.token_hex(4)
-    base = Path(tempfile.mkdtemp(prefix="rktlet-bench-memory-"))
-    cleanups = Cleanups()
-    cleanups.add("remove the temp dir", lambda: shutil.rmtree(base, ignore_errors=True))
     size = args.mb * MB
+    return run_with_peers("monitor_memory.py", lambda peers, _base: _measure(peers, scales, size))
+
+
+def _measure(peers: Peers, scales: list[int], size: int) -> int:
     load_before = os.getloadavg()
-    try:
-        peers = setup_peers(base, token, cleanups)
-        writer, rk, rk_exec, ctd, conmon = (
-            peers.writer,
-            peers.rktlet,
-            peers.rktlet_exec,
-            peers.containerd,
-            peers.conmon,
-        )
-        runners: dict[str, Callable[[int], Scale]] = {
-            RKTLET: lambda n: cri_scale(rk, writer, n, size),
-            RKTLET_EXEC: lambda n: cri_scale(rk_exec, writer, n, size),
-            CONTAINERD: lambda n: cri_scale(ctd, writer, n, size),
-            CONMON: lambda n: conmon_scale(conmon, n, size),
-        }
-        results: dict[tuple[str, int], Scale] = {}
-        errors: dict[str, str] = {}
-        run_scales(runners, scales, results, errors)
-        load_after = os.getloadavg()
-        print("\n".join(machine_lines()))
-        print(f"load average (1 min) before/after: {load_before[0]:.2f} / {load_after[0]:.2f}")
-        print("\n".join(version_lines([rk, ctd])))
-        print()
-        print(describe_run(scales, size))
-        print()
-        print("\n".join(scale_table(results, scales)))
-        for key, value in errors.items():
-            print(f"error: {key}: {value}")
-        return 1 if errors else 0
-    except (KeyboardInterrupt, SystemExit) as exc:
-        log(f"interrupted ({exc!r})")
-        return exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 130
-    except BaseException:
-        traceback.print_exc()
-        return 1
-    finally:
-        log("cleaning up")
-        cleanups.run()
+    writer = peers.writer
+    runners: dict[str, Callable[[int], Scale]] = {
+        RKTLET: lambda n: cri_scale(peers.rktlet, writer, n, size),
+        RKTLET_EXEC: lambda n: cri_scale(peers.rktlet_exec, writer, n, size),
+        CONTAINERD: lambda n: cri_scale(peers.containerd, writer, n, size),
+        CONMON: lambda n: conmon_scale(peers.conmon, n, size),
+    }
+    results: dict[tuple[str, int], Scale] = {}
+    errors: dict[str, str] = {}
+    run_scales(runners, scales, results, errors)
+    load_after = os.getloadavg()
+    print("\n".join(machine_lines()))
+    print(f"load average (1 min) before/after: {load_before[0]:.2f} / {load_after[0]:.2f}")
+    print("\n".join(version_lines(peers.cri_targets())))
+    print()
+    print(describe_run(scales, size))
+    print()
+    print("\n".join(scale_table(results, scales)))
+    for key, value in errors.items():
+        print(f"error: {key}: {value}")
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":
