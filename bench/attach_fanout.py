@@ -23,6 +23,7 @@ byte; the monitor's peak RSS.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import selectors
@@ -36,10 +37,14 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from iottymux import attachproto as proto
 from iottymux.attachclient import AttachClient, endpoint_path
 from iottymux.control import ControlClient
 from iottymux.monitor_cmd import start_detached
+from iottymux.outring import RingLapped
 
 MB = 1_000_000
 LINE = 100
@@ -48,10 +53,23 @@ MARK = b"@T"
 MARK_SIZE = len(MARK) + 19  # the tag and 19 digits of nanoseconds
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 RECV_SIZE = 1 << 20
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+DESCRIPTION = (
+    "An app writes 100-byte lines through an iottymux monitor that writes the CRI log and "
+    "fans the output out to attachers: real clients (`AttachClient`) drained by two reader "
+    "processes on the same 2 CPUs. *ring*: attachers read the shared output ring (what "
+    "`AttachClient(ring=True)` and the daemon's streaming server do); *socket*: output "
+    "copied into each attacher's socket (clients that do not ask for the ring). *vs 0*: "
+    "log throughput against the 0-attacher peer of the same run; CPU s/GB: the monitor's, "
+    "per GB the app wrote; readers s/GB: the reader processes'. Latency: every 1000th line "
+    "carries the time the app built it. *overflowed*: attachers disconnected for falling "
+    "behind (queue size plus the socket buffer's worth); *complete*: attachers that got "
+    "every byte; *MB each*: median bytes an attacher got."
+)
 
 APP = f"""
 import os, sys, time
-total, rate = int(sys.argv[1]), float(sys.argv[2])
+total, rate, chunk = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
 start = time.monotonic()
 block = bytearray((b"y" * {LINE - 1} + b"\\n") * 10000)
 marks = range(0, len(block), {MARK_EVERY * LINE})
@@ -63,7 +81,7 @@ while left > 0:
     view = memoryview(block)[: min(len(block), left)]
     left -= len(view)
     while view:
-        view = view[os.write(1, view):]
+        view = view[os.write(1, view[:chunk]):]
     if rate:
         ahead = start + (total - left) / rate - time.monotonic()
         if ahead > 0:
@@ -148,9 +166,17 @@ class Drain:
         self.tail.clear()
 
 
-def reader_main(paths: list[str], conn: Connection) -> None:
-    """A reader process: attach ``paths``, say ready, drain until every one ends."""
-    drains = [Drain(AttachClient(path, stdin=False, timeout=60)) for path in paths]
+def reader_main(paths: list[str], conn: Connection, ring: bool) -> None:
+    """A reader process: attach ``paths``, say ready, drain until every one ends.
+
+    With ``ring`` the attachers read their output from the monitor's output ring:
+    the socket brings RING frames, the ring's bytes go through the same in-place
+    parser, and each RING is acknowledged as the real clients do.
+    """
+    drains = [Drain(AttachClient(path, stdin=False, ring=ring, timeout=60)) for path in paths]
+    if ring and any(d.client.ring is None for d in drains):
+        raise RuntimeError("the monitor offered no output ring")
+    socket_frames = {id(d): proto.FrameDecoder(proto.SERVER_KINDS) for d in drains}
     selector = selectors.DefaultSelector()
     for drain in drains:
         drain.client.sock.setblocking(False)
@@ -159,6 +185,8 @@ def reader_main(paths: list[str], conn: Connection) -> None:
     latencies: list[int] = []
     active = len(drains)
     buffer = bytearray(RECV_SIZE)
+    capacity = max((d.client.ring.capacity for d in drains if d.client.ring), default=0)
+    ring_buffer = bytearray(capacity)
     while active:
         for key, _ in selector.select():
             drain = key.data
@@ -170,8 +198,11 @@ def reader_main(paths: list[str], conn: Connection) -> None:
                 n = 0
             if n == 0:
                 drain.done, drain.end = True, drain.end or "closed"
-            else:
+            elif not ring:
                 drain.feed(buffer, n, time.time_ns(), latencies)
+            else:
+                for kind, payload in socket_frames[id(drain)].receive_data(bytes(buffer[:n])):
+                    ring_frame(drain, kind, payload, latencies, ring_buffer)
             if drain.done:
                 selector.unregister(drain.client.sock)
                 drain.client.close()
@@ -187,6 +218,32 @@ def reader_main(paths: list[str], conn: Connection) -> None:
     conn.close()
 
 
+def ring_frame(
+    drain: Drain, kind: int, payload: bytes, latencies: list[int], buffer: bytearray
+) -> None:
+    """One socket frame of a ring attacher (``buffer``: the reader's, for ring bytes)."""
+    client = drain.client
+    if kind == proto.RING:
+        told = proto.decode_offset(payload)
+        assert client.ring is not None
+        if told <= client.ring_offset:
+            return  # already read ahead past it
+        end = client.ring.available(client.ring_offset, told)
+        try:
+            size = client.ring.read_into(buffer, client.ring_offset, end)
+        except RingLapped:
+            drain.done, drain.end = True, "lapped"
+            return
+        drain.feed(buffer, size, time.time_ns(), latencies)
+        client.ring_offset = end
+        with contextlib.suppress(OSError):
+            client.sock.send(proto.encode_offset(proto.ACK, end))
+    elif kind == proto.EXIT:
+        drain.done, drain.end = True, "exit"
+    elif kind == proto.ERROR:
+        drain.done, drain.end = True, payload.decode(errors="replace")
+
+
 # -- one run ---------------------------------------------------------------------------
 
 
@@ -198,6 +255,8 @@ def one_run(
     *,
     rate: float = 0.0,
     queue_size: int | None = None,
+    write_size: int = 1 << 20,
+    ring: bool = True,
 ) -> dict[str, Any]:
     run_dir = work / "run"
     pid = start_detached(str(run_dir))
@@ -210,7 +269,7 @@ def one_run(
             control.request(
                 "add",
                 app="app",
-                command=[sys.executable, "-c", APP, str(total), str(rate)],
+                command=[sys.executable, "-c", APP, str(total), str(rate), str(write_size)],
                 stdout="stream",
                 stderr="null",
                 log_path=str(work / "pods" / "ctr" / "0.log"),
@@ -218,13 +277,13 @@ def one_run(
             )
             path = endpoint_path(str(run_dir), "app")
             if attachers == "frozen":
-                frozen = AttachClient(path, stdin=False)
+                frozen = AttachClient(path, stdin=False, ring=ring)
             elif isinstance(attachers, int) and attachers > 0:
                 procs = max(1, min(reader_procs, attachers))
                 for i in range(procs):
                     share = [path] * len(range(i, attachers, procs))
                     parent_end, child_end = ctx.Pipe()
-                    proc = ctx.Process(target=reader_main, args=(share, child_end))
+                    proc = ctx.Process(target=reader_main, args=(share, child_end, ring))
                     proc.start()
                     child_end.close()
                     readers.append((proc, parent_end))
@@ -291,6 +350,73 @@ def _median(values: list[Any]) -> Any:
     return statistics.median(present) if present else None
 
 
+Case = tuple[str, int | str]  # (transport, attachers or "frozen")
+
+
+def table(
+    samples: dict[Case, list[dict[str, Any]]], cases: list[Case], total: int, markdown: bool
+) -> list[str]:
+    base = total / MB / _median([r["seconds"] for r in samples[PEER]])
+    heads = [
+        "attachers", "MB/s", "vs 0", "CPU s/GB", "readers s/GB", "p50 ms", "p99 ms",
+        "overflowed", "complete", "MB each", "peak RSS MiB",
+    ]  # fmt: skip
+    rows = []
+    for case in cases:
+        runs = samples[case]
+        transport, attachers = case
+        mbs = total / MB / _median([r["seconds"] for r in runs])
+        attached = attachers if isinstance(attachers, int) else 1
+        each = ", ".join(f"{total / MB / r['seconds']:.0f}" for r in runs)
+        rows.append(
+            [
+                "0 (peer)" if case == PEER else f"{attachers} ({transport})",
+                f"{mbs:.0f} ({each})" if markdown else f"{mbs:.0f}",
+                f"{mbs / base:.2f}x",
+                f"{_median([r['cpu'] for r in runs]) / (total / 1e9):.2f}",
+                f"{_median([r['reader_cpu'] for r in runs]) / (total / 1e9):.2f}",
+                _fmt(_median([r["p50"] for r in runs])),
+                _fmt(_median([r["p99"] for r in runs])),
+                f"{_median([r['overflowed'] for r in runs]):g}/{attached}",
+                f"{_median([r['complete'] for r in runs]):g}/{attached}",
+                _fmt_mb(_median([r["delivered"] for r in runs])),
+                f"{_median([r['rss_kib'] for r in runs]) / 1024:.1f}",
+            ]
+        )
+    if markdown:
+        return [
+            "| " + " | ".join(heads) + " |",
+            "|" + "---|" * len(heads),
+            *("| " + " | ".join(row) + " |" for row in rows),
+        ]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
+    return [
+        "  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in [heads, *rows]
+    ]
+
+
+PEER: Case = ("-", 0)
+
+
+def write_results(path: Path, title: str, body: list[str]) -> None:
+    """This run's table as one subsection of RESULTS.md's attach-fanout section.
+
+    Runs with other options (paced, one line per write) keep their subsections.
+    """
+    from bench._results import section, update
+
+    name = "attach-fanout"
+    old = section(path.read_text(), name) if path.exists() else None
+    kept = [
+        "### " + part.strip()
+        for part in (old or "").split("\n### ")[1:]
+        if part.split("\n", 1)[0].strip() != title
+    ]
+    new = f"### {title}\n\n" + "\n".join(body)
+    heading = "## Attach fan-out (bench/attach_fanout.py)"
+    update(path, {name: "\n\n".join([heading, DESCRIPTION, *kept, new])})
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -310,59 +436,79 @@ def main() -> int:
         help="pace the app at this many MB/s (default 0: as fast as it can)",
     )
     parser.add_argument(
+        "--write-size",
+        type=int,
+        default=1 << 20,
+        help="bytes per write() of the app (default 1 MiB; 100: one line per write)",
+    )
+    parser.add_argument(
         "--queue-mb",
         type=float,
         default=None,
         help="the app's attach_queue_size in MB (default: the monitor's default)",
     )
+    parser.add_argument(
+        "--transports",
+        default="ring,socket",
+        help="how attachers get output: ring (the shared output ring), socket, or both",
+    )
+    parser.add_argument(
+        "--attachers", default="1,10,100,frozen", help="cases besides the 0-attacher peer"
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        nargs="?",
+        const=RESULTS,
+        help=f"also write the table into this RESULTS.md's attach-fanout section ({RESULTS})",
+    )
     parser.add_argument("--dir", default=None, help="where log files go (default: a temp dir)")
     args = parser.parse_args()
     total = args.size_mb * MB // LINE * LINE
     work = Path(tempfile.mkdtemp(prefix="rktlet-fanout-", dir=args.dir))
-    cases: list[int | str] = [0, 1, 10, 100, "frozen"]
+    transports = [t for t in args.transports.split(",") if t]
+    counts: list[int | str] = [int(a) if a.isdigit() else a for a in args.attachers.split(",")]
+    cases: list[Case] = [PEER] + [(t, n) for t in transports for n in counts]
+    load_before = os.getloadavg()
     try:
         pace = f"paced at {args.rate_mb:g} MB/s" if args.rate_mb else "at full speed"
         queue = "default" if args.queue_mb is None else f"{args.queue_mb:g} MB"
-        print(
-            f"# attach fan-out, {args.size_mb} MB of {LINE}-byte lines per run {pace}, "
-            f"attach queue {queue}, median of {args.runs} runs, {os.cpu_count()} CPUs, "
-            f"{args.reader_procs} reader processes, python {sys.version.split()[0]}"
+        title = (
+            f"{args.size_mb} MB of {LINE}-byte lines per run {pace}, {args.write_size} bytes "
+            f"per write, attach queue {queue}, median of {args.runs} runs, {os.cpu_count()} "
+            f"CPUs, {args.reader_procs} reader processes, python {sys.version.split()[0]}"
         )
-        samples: dict[int | str, list[dict[str, Any]]] = {case: [] for case in cases}
+        print(f"# attach fan-out, {title}")
+        samples: dict[Case, list[dict[str, Any]]] = {case: [] for case in cases}
         # Interleaved, so that drift in the machine hits every case alike.
         for _ in range(args.runs):
             for case in cases:
+                transport, attachers = case
                 samples[case].append(
                     one_run(
                         work,
                         total,
-                        case,
+                        attachers,
                         args.reader_procs,
                         rate=args.rate_mb * MB,
                         queue_size=None if args.queue_mb is None else int(args.queue_mb * MB),
+                        write_size=args.write_size,
+                        ring=transport == "ring",
                     )
                 )
-        print(
-            f"{'attachers':<11}{'MB/s':>8}{'vs 0':>7}{'CPU s/GB':>10}{'rdr s/GB':>10}"
-            f"{'p50 ms':>9}{'p99 ms':>9}"
-            f"{'overflowed':>12}{'complete':>10}{'MB each':>9}{'peak RSS':>11}"
-        )
-        base = total / MB / _median([r["seconds"] for r in samples[0]])
-        for case in cases:
-            runs = samples[case]
-            mbs = total / MB / _median([r["seconds"] for r in runs])
-            cpu_gb = _median([r["cpu"] for r in runs]) / (total / 1e9)
-            reader_gb = _median([r["reader_cpu"] for r in runs]) / (total / 1e9)
-            p50, p99 = _median([r["p50"] for r in runs]), _median([r["p99"] for r in runs])
-            attached = case if isinstance(case, int) else 1
-            print(
-                f"{case!s:<11}{mbs:>8.0f}{mbs / base:>6.2f}x{cpu_gb:>10.2f}{reader_gb:>10.2f}"
-                f"{_fmt(p50):>9}{_fmt(p99):>9}"
-                f"{_median([r['overflowed'] for r in runs]):>8g}/{attached:<3}"
-                f"{_median([r['complete'] for r in runs]):>6g}/{attached:<3}"
-                f"{_fmt_mb(_median([r['delivered'] for r in runs])):>9}"
-                f"{_median([r['rss_kib'] for r in runs]) / 1024:>6.1f} MiB"
-            )
+        load_after = os.getloadavg()
+        print("\n".join(table(samples, cases, total, markdown=False)))
+        print(f"load average (1 min) before/after: {load_before[0]:.2f} / {load_after[0]:.2f}")
+        if args.results is not None:
+            body = [
+                f"Load average (1 min) before/after: {load_before[0]:.2f} / "
+                f"{load_after[0]:.2f}. Command: `bench/attach_fanout.py "
+                + " ".join(sys.argv[1:])
+                + "`.",
+                "",
+                *table(samples, cases, total, markdown=True),
+            ]
+            write_results(args.results, title, body)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -50,6 +50,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -68,6 +69,8 @@ from bench._cri_peer import (
     tool_version,
     unmount_under,
 )
+from bench._results import update as update_results
+from bench._writer import CONTAINER_PATH, build_writer, writer_args
 from bench.lifecycle import (
     OPS,
     SUMS,
@@ -92,6 +95,9 @@ LINE_SIZES = ((100, "100 B"), (16384, "16 KiB"))
 MEMORY_BYTES = 8 * MB
 QUIET_SECONDS = 1.5
 RUNTIMES = ("rktlet", "containerd", "conmon")
+#: rktlet as it runs by default (monitors forked by its fork server), and without one
+RKTLET = "rktlet"
+RKTLET_EXEC = "rktlet, no fork server"
 #: the same writer piped into `cat > file`, no runtime at all: the ceiling of the setup
 LIMIT = "limit"
 TP_ROWS = (*RUNTIMES, LIMIT)
@@ -158,11 +164,6 @@ def warm_up(work: Path, total: int) -> None:
         for _ in range(total // len(block) + 1):
             f.write(block)
     path.unlink()
-
-
-def writer_script(line_size: int, total: int, then_sleep: bool = False) -> str:
-    script = f"yes \"$(printf '%0{line_size - 1}d' 0)\" | head -c {total}"
-    return script + ("; exec sleep 3600" if then_sleep else "")
 
 
 @dataclass
@@ -244,17 +245,21 @@ def remove_pod(target: Target, pod_id: str) -> None:
         rt.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=120)
 
 
-def container_config(target: Target, name: str, script: str) -> api_pb2.ContainerConfig:
+def container_config(
+    target: Target, name: str, writer: Path, args: Sequence[str]
+) -> api_pb2.ContainerConfig:
+    """A busybox container running the static writer, bind-mounted read-only."""
     return api_pb2.ContainerConfig(
         metadata=api_pb2.ContainerMetadata(name=name),
         image=api_pb2.ImageSpec(image=target.image),
-        command=["sh", "-c", script],
+        command=[CONTAINER_PATH, *args],
         log_path=f"{name}/0.log",
+        mounts=[api_pb2.Mount(container_path=CONTAINER_PATH, host_path=str(writer), readonly=True)],
         linux=api_pb2.LinuxContainerConfig(),
     )
 
 
-def cri_throughput(target: Target, line_size: int, total: int, timeout: float) -> Run:
+def cri_throughput(target: Target, writer: Path, line_size: int, total: int, timeout: float) -> Run:
     rt = target.daemon.runtime
     pod_config = target.pod_config(f"tp-{secrets.token_hex(3)}")
     log_dir = Path(pod_config.log_directory)
@@ -266,7 +271,7 @@ def cri_throughput(target: Target, line_size: int, total: int, timeout: float) -
         ctr_id = rt.CreateContainer(
             api_pb2.CreateContainerRequest(
                 pod_sandbox_id=pod_id,
-                config=container_config(target, "writer", writer_script(line_size, total)),
+                config=container_config(target, "writer", writer, writer_args(line_size, total)),
                 sandbox_config=pod_config,
             ),
             timeout=RPC_TIMEOUT,
@@ -292,7 +297,7 @@ def cri_throughput(target: Target, line_size: int, total: int, timeout: float) -
         shutil.rmtree(log_dir, ignore_errors=True)
 
 
-def cri_memory(target: Target, containers: int) -> Memory:
+def cri_memory(target: Target, writer: Path, containers: int) -> Memory:
     rt = target.daemon.runtime
     pod_config = target.pod_config(f"mem{containers}-{secrets.token_hex(3)}")
     log_dir = Path(pod_config.log_directory)
@@ -301,14 +306,14 @@ def cri_memory(target: Target, containers: int) -> Memory:
         pod_id = rt.RunPodSandbox(
             api_pb2.RunPodSandboxRequest(config=pod_config), timeout=RPC_TIMEOUT
         ).pod_sandbox_id
-        script = writer_script(100, MEMORY_BYTES, then_sleep=True)
+        args = writer_args(100, MEMORY_BYTES, then_sleep=3600)
         ids = []
         for i in range(containers):
             ids.append(
                 rt.CreateContainer(
                     api_pb2.CreateContainerRequest(
                         pod_sandbox_id=pod_id,
-                        config=container_config(target, f"c{i}", script),
+                        config=container_config(target, f"c{i}", writer, args),
                         sandbox_config=pod_config,
                     ),
                     timeout=RPC_TIMEOUT,
@@ -351,7 +356,7 @@ def status_kib(pid: int, name: str) -> int:
 class Conmon:
     """conmon + runc on busybox bundles, in a netns of ours, cgroups under ours."""
 
-    def __init__(self, base: Path, netns: NetNS, cgroup_parent: str) -> None:
+    def __init__(self, base: Path, netns: NetNS, cgroup_parent: str, writer: Path) -> None:
         self.base = base
         self.netns = netns
         self.cgroup_parent = cgroup_parent
@@ -364,17 +369,19 @@ class Conmon:
         for d in (self.runc_root, self.exits, self.sockets, self.rootfs / "bin"):
             d.mkdir(parents=True, exist_ok=True)
         shutil.copy("/bin/busybox", self.rootfs / "bin" / "busybox")
-        for applet in ("sh", "yes", "head", "printf", "sleep", "true"):
+        for applet in ("sh", "sleep", "true"):
             os.link(self.rootfs / "bin" / "busybox", self.rootfs / "bin" / applet)
+        self.writer = self.rootfs / "bin" / "writer"
+        shutil.copy(writer, self.writer)
 
-    def create(self, cid: str, script: str, log_path: Path) -> int:
+    def create(self, cid: str, args: Sequence[str], log_path: Path) -> int:
         """conmon creates container ``cid`` (runc create); conmon's pid."""
         bundle = self.base / f"bundle-{cid}"
         bundle.mkdir()
         subprocess.run([RUNC, "spec"], cwd=bundle, check=True)
         config = json.loads((bundle / "config.json").read_text())
         config["root"] = {"path": str(self.rootfs), "readonly": True}
-        config["process"]["args"] = ["sh", "-c", script]
+        config["process"]["args"] = ["/bin/writer", *args]
         config["process"]["terminal"] = False
         config["process"]["env"] = ["PATH=/bin"]
         config["linux"]["cgroupsPath"] = f"{self.cgroup_parent}/{cid}"
@@ -453,7 +460,7 @@ class Conmon:
         cid = f"cm-{secrets.token_hex(4)}"
         log_path = self.base / "logs" / cid / "0.log"
         try:
-            pid = self.create(cid, writer_script(line_size, total), log_path)
+            pid = self.create(cid, writer_args(line_size, total), log_path)
             cpu0 = cpu_seconds([pid])
             t0 = time.time()
             self.start(cid)
@@ -469,22 +476,16 @@ class Conmon:
             shutil.rmtree(log_path.parent, ignore_errors=True)
 
     def limit(self, line_size: int, total: int) -> Run:
-        """The same writer (busybox from the rootfs, in the netns) into ``cat > file``."""
+        """The same writer (in the netns) straight into ``cat > file``: no runtime at all."""
         out_path = self.base / "limit.out"
         nsenter = self.netns.nsenter()
-        nsenter[0] = shutil.which(nsenter[0]) or nsenter[0]  # the writer's PATH is the rootfs's
+        nsenter[0] = shutil.which(nsenter[0]) or nsenter[0]
         try:
             with open(out_path, "wb") as out:
                 t0 = time.time()
                 app = subprocess.Popen(
-                    [
-                        *nsenter,
-                        str(self.rootfs / "bin" / "sh"),
-                        "-c",
-                        writer_script(line_size, total),
-                    ],
+                    [*nsenter, str(self.writer), *writer_args(line_size, total)],
                     stdout=subprocess.PIPE,
-                    env={"PATH": str(self.rootfs / "bin")},
                 )
                 assert app.stdout is not None
                 cat = subprocess.Popen(
@@ -506,9 +507,9 @@ class Conmon:
     def memory(self, containers: int) -> Memory:
         cids = [f"cm-{secrets.token_hex(4)}" for _ in range(containers)]
         paths = [self.base / "logs" / cid / "0.log" for cid in cids]
-        script = writer_script(100, MEMORY_BYTES, then_sleep=True)
+        args = writer_args(100, MEMORY_BYTES, then_sleep=3600)
         try:
-            pids = [self.create(cid, script, path) for cid, path in zip(cids, paths, strict=True)]
+            pids = [self.create(cid, args, path) for cid, path in zip(cids, paths, strict=True)]
             for cid in cids:
                 self.start(cid)
             ok = wait_logged(paths, MEMORY_BYTES, 120.0)
@@ -551,6 +552,9 @@ class Results:
     lifecycle: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     lifecycle_pods: int = 0
     header: list[str] = field(default_factory=list)
+    scale: dict[tuple[str, int], Any] = field(default_factory=dict)
+    scales: list[int] = field(default_factory=list)
+    scale_mb: int = 0
 
 
 def throughput_table(res: Results) -> list[str]:
@@ -642,20 +646,26 @@ def memory_table(res: Results) -> list[str]:
 
 def lifecycle_table(res: Results) -> list[str]:
     out = [
-        "| operation | rktlet p50 ms | containerd p50 ms | conmon | rktlet/containerd |",
-        "|---|---|---|---|---|",
+        f"| operation | {RKTLET} p50 ms | {RKTLET_EXEC} p50 ms | containerd p50 ms | conmon "
+        f"| {RKTLET}/containerd | {RKTLET}/{RKTLET_EXEC} |",
+        "|---|---|---|---|---|---|---|",
     ]
-    rk = res.lifecycle.get("rktlet", {})
+    rk = res.lifecycle.get(RKTLET, {})
+    rx = res.lifecycle.get(RKTLET_EXEC, {})
     ctd = res.lifecycle.get("containerd", {})
-    rows: list[tuple[str, list[float], list[float]]] = [
-        (op, rk.get(op, []), ctd.get(op, [])) for op in OPS
+    rows: list[tuple[str, list[float], list[float], list[float]]] = [
+        (op, rk.get(op, []), rx.get(op, []), ctd.get(op, [])) for op in OPS
     ]
     for name, ops in SUMS:
-        rows.append((name, sum_rows(rk, ops), sum_rows(ctd, ops)))
-    for name, r, c in rows:
+        rows.append((name, sum_rows(rk, ops), sum_rows(rx, ops), sum_rows(ctd, ops)))
+    for name, r, x, c in rows:
         r50 = med(r) if r else None
+        x50 = med(x) if x else None
         c50 = med(c) if c else None
-        out.append(f"| {name} | {num(r50)} | {num(c50)} | n/a | {ratio(r50, c50)} |")
+        out.append(
+            f"| {name} | {num(r50)} | {num(x50)} | {num(c50)} | n/a "
+            f"| {ratio(r50, c50)} | {ratio(r50, x50)} |"
+        )
     return out
 
 
@@ -665,62 +675,102 @@ def sum_rows(samples: dict[str, list[float]], ops: tuple[str, ...]) -> list[floa
     return [sum(parts) for parts in zip(*(samples[op] for op in ops), strict=True)]
 
 
-def report(res: Results) -> str:
-    lines = [
-        "# Peer benchmarks: rktlet vs containerd vs conmon",
-        "",
-        "Written by `bench/compare.py` (issue 8). Same workloads on the three runtimes in one "
-        "run; medians over the runs; each runtime in a network namespace of the script's.",
-        "",
-        *[f"- {h}" for h in res.header],
-        "",
-        "## Container stdout → CRI log throughput",
-        "",
-        f"{res.size_mb} MB per run, {res.runs} runs per case (runtimes rotated each round). "
-        "Writer: a busybox container running "
-        "`yes \"$(printf '%0<L-1>d' 0)\" | head -c BYTES` (BYTES rounded down to a multiple of "
-        "the line size L). Time: from just before StartContainer (conmon: `runc start`) to the "
-        "log file's last write (mtime after the exit). rktlet and containerd run as real "
-        "daemons and are driven through CRI (RunPodSandbox, CreateContainer, StartContainer, "
-        "ContainerStatus polled until EXITED); rktlet's log is written by its real pod monitor "
-        "(iottymux, OCI mode), started by the daemon. conmon is run directly with runc and "
-        "`-l k8s-file:PATH`. Every log is parsed after the run and the content bytes of its "
-        "records counted (`F` records count their newline): the *bytes logged* column says "
-        "whether every run logged every byte. CPU s/GB: utime+stime of rktlet's pod monitor; "
-        "containerd's shim + containerd daemon; conmon. The *limit* row is the same writer "
-        "(the conmon rootfs's busybox, in a netns of ours) piped straight into `cat > file`, no "
-        "runtime: the ceiling of this setup (its CPU is cat's). The page cache is warmed first "
-        "by writing and deleting one run's worth of bytes. Ratios are row ÷ peer: above 1 is "
-        "faster for MB/s, above 1 is costlier for CPU/GB. Where a runtime comes close to the "
-        "limit row, the writer (busybox `yes | head -c`, small copies), not the log path, bounds "
-        "its MB/s, and CPU s/GB is the figure that tells the log paths apart. Each run's MB/s "
-        "is listed after the median: on a shared 2-core machine they spread (see the load "
-        "average above).",
-        "",
-        *throughput_table(res),
-        "",
-        "## Monitor memory per pod",
-        "",
-        f"Each container logs {MEMORY_BYTES // MB} MB of 100 B lines and then sleeps; measured "
-        f"once every log holds its bytes, after {QUIET_SECONDS} s quiet. RSS and PSS from "
-        "/proc/PID/smaps_rollup, peak is VmHWM; summed over the pod's monitors (conmon: one per "
-        "container).",
-        "",
-        *memory_table(res),
-        "",
-        "## Pod and container lifecycle, ExecSync",
-        "",
-        f"`bench/lifecycle.py`'s pod cycle, {res.lifecycle_pods} pods per runtime, one at a time, "
-        "runtimes alternating (busybox `sleep 3600`, ExecSync `true`, StopContainer timeout 0). "
-        "conmon has no pods and no CRI: n/a. containerd creates the runc container in "
-        "StartContainer, rktlet in CreateContainer, so compare the sums too.",
-        "",
-        *lifecycle_table(res),
-    ]
-    if res.errors:
-        lines += ["", "## Errors", ""]
-        lines += [f"- {k}: {v}" for k, v in res.errors.items()]
-    return "\n".join(lines) + "\n"
+def report(res: Results) -> dict[str, str]:
+    """RESULTS.md's sections written by this script (see bench/_results.py)."""
+    from bench.monitor_memory import describe_run, scale_table
+
+    sections = {
+        "compare-header": "\n".join(
+            [
+                "# Peer benchmarks: rktlet vs containerd vs conmon",
+                "",
+                "Written by `bench/compare.py` (issues 8 and 14) unless a section says "
+                "otherwise. Same workloads on the runtimes in one run; medians over the runs; "
+                "each runtime in a network namespace of the script's. The log writer everywhere "
+                "is `bench/writer.c`, a static C program built by the benchmark (`gcc -static "
+                "-O2`) that writes fixed-size lines in 1 MiB blocks: bind-mounted read-only "
+                "into the busybox containers of rktlet and containerd, copied into conmon's "
+                "rootfs, and run directly for the limit row.",
+                "",
+                *[f"- {h}" for h in res.header],
+            ]
+        ),
+        "throughput": "\n".join(
+            [
+                "## Container stdout → CRI log throughput",
+                "",
+                f"{res.size_mb} MB per run, {res.runs} runs per case (runtimes rotated each "
+                "round). Writer: `writer L BYTES` (BYTES rounded down to a multiple of the line "
+                "size L). Time: from just before StartContainer (conmon: `runc start`) to the "
+                "log file's last write (mtime after the exit). rktlet and containerd run as "
+                "real daemons and are driven through CRI (RunPodSandbox, CreateContainer, "
+                "StartContainer, ContainerStatus polled until EXITED); rktlet's log is written "
+                "by its real pod monitor (iottymux, OCI mode), started by the daemon. conmon is "
+                "run directly with runc and `-l k8s-file:PATH`. Every log is parsed after the "
+                "run and the content bytes of its records counted (`F` records count their "
+                "newline): the *bytes logged* column says whether every run logged every byte. "
+                "CPU s/GB: utime+stime of rktlet's pod monitor; containerd's shim + containerd "
+                "daemon; conmon. The *limit* row is the same writer (in a netns of ours) "
+                "piped straight into `cat > file`, no runtime: the ceiling of this setup (its "
+                "CPU is cat's). The page cache is warmed first by writing and deleting one "
+                "run's worth of bytes. Ratios are row ÷ peer: above 1 is faster for MB/s, above "
+                "1 is costlier for CPU/GB. Each run's MB/s is listed after the median: on a "
+                "shared 2-core machine they spread (see the load average above).",
+                "",
+                *throughput_table(res),
+            ]
+        ),
+        "memory-per-pod": "\n".join(
+            [
+                "## Monitor memory per pod (1 and 8 containers)",
+                "",
+                f"Each container logs {MEMORY_BYTES // MB} MB of 100 B lines and then sleeps; "
+                f"measured once every log holds its bytes, after {QUIET_SECONDS} s quiet. RSS "
+                "and PSS from /proc/PID/smaps_rollup, peak is VmHWM; summed over the pod's "
+                "monitors (conmon: one per container).",
+                "",
+                *memory_table(res),
+            ]
+        ),
+        "lifecycle": "\n".join(
+            [
+                "## Pod and container lifecycle, ExecSync",
+                "",
+                f"`bench/lifecycle.py`'s pod cycle, {res.lifecycle_pods} pods per runtime, one "
+                "at a time, runtimes alternating (busybox `sleep 3600`, ExecSync `true`, "
+                "StopContainer timeout 0). conmon has no pods and no CRI: n/a. containerd "
+                "creates the runc container in StartContainer, rktlet in CreateContainer, so "
+                f"compare the sums too. *{RKTLET_EXEC}*: the same rktlet with "
+                "`RKTLET_NO_FORK_SERVER=1`, every pod monitor started as a new interpreter "
+                "(before issue 14): the RunPodSandbox row shows what the fork server saves.",
+                "",
+                *lifecycle_table(res),
+            ]
+        ),
+    }
+    if res.scales:
+        sections["memory-at-scale"] = "\n".join(
+            [
+                "## Monitor memory at node scale (issue 14 §1)",
+                "",
+                describe_run(res.scales, res.scale_mb * MB),
+                "",
+                *scale_table(res.scale, res.scales),
+            ]
+        )
+    errors = [f"- {k}: {v}" for k, v in res.errors.items()]
+    sections["compare-errors"] = "\n".join(["## Errors", "", *errors]) if errors else ""
+    return sections
+
+
+#: Sections other benchmarks own; written here only where the file has none yet.
+PLACEHOLDERS = {
+    "attach-fanout": "## Attach fan-out\n\n*Not run yet: `bench/attach_fanout.py --results` "
+    "writes this section.*",
+    "node-polling": "## The calls the kubelet repeats (issue 14 §2)\n\n*Not measured yet: "
+    "this section is reserved for `bench/node.py` (100 pods of 3 containers, a kubelet-like "
+    "poll loop, per-RPC p50/p99 and daemon CPU against containerd).*",
+}
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -728,6 +778,91 @@ def report(res: Results) -> str:
 
 def _terminate(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
+
+
+TOOLS = ("ip", "nsenter", "runc", "conmon", "containerd", "docker-registry", "gcc")
+
+
+def preflight(script: str) -> int:
+    """0 when this machine can run the peer benchmarks (root, the tools), else 2."""
+    if os.geteuid() != 0:
+        print(f"{script}: needs root (netns, mounts, cgroups)", file=sys.stderr)
+        return 2
+    for tool in TOOLS:
+        if shutil.which(tool) is None:
+            print(f"{script}: {tool} is not installed", file=sys.stderr)
+            return 2
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
+    return 0
+
+
+@dataclass
+class Peers:
+    """The runtimes side by side, all started, and the writer they all run."""
+
+    writer: Path
+    rktlet: Target
+    rktlet_exec: Target
+    containerd: Target
+    conmon: Conmon
+
+    def cri_targets(self) -> list[Target]:
+        return [self.rktlet, self.rktlet_exec, self.containerd]
+
+
+def run_with_peers(script: str, body: Callable[[Peers, Path], int]) -> int:
+    """Check the machine, set the peers up, run ``body(peers, work dir)``, and remove
+    everything made, whatever happens; ``body``'s exit status."""
+    if code := preflight(script):
+        return code
+    token = secrets.token_hex(4)
+    base = Path(tempfile.mkdtemp(prefix=f"rktlet-bench-{script.removesuffix('.py')}-"))
+    cleanups = Cleanups()
+    cleanups.add("remove the temp dir", lambda: shutil.rmtree(base, ignore_errors=True))
+    try:
+        return body(setup_peers(base, token, cleanups), base)
+    except (KeyboardInterrupt, SystemExit) as exc:
+        log(f"interrupted ({exc!r})")
+        return exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 130
+    except BaseException:
+        traceback.print_exc()
+        return 1
+    finally:
+        log("cleaning up")
+        cleanups.run()
+
+
+def setup_peers(base: Path, token: str, cleanups: Cleanups) -> Peers:
+    """rktlet (with and without its fork server), containerd and conmon, in netns of ours."""
+    from fixtures.build_images import build_all
+
+    cleanups.add("remove the cgroups", lambda: remove_cgroup_tree(f"/rktlet-bench-{token}"))
+    writer = build_writer(base / "writer")
+    layout = build_all(base / "images" / "layout")
+    log_root = base / "pod-logs"
+    log("starting rktlet")
+    rk = setup_rktlet(base / "rktlet", layout, token, cleanups, log_root, False)
+    check_ready(rk)
+    rk_exec = setup_rktlet(
+        base / "rktlet-exec",
+        layout,
+        token,
+        cleanups,
+        log_root,
+        False,
+        label=RKTLET_EXEC,
+        extra_env={"RKTLET_NO_FORK_SERVER": "1"},
+    )
+    check_ready(rk_exec)
+    log("starting containerd")
+    ctd = setup_containerd(base / "containerd", layout, token, cleanups, log_root)
+    start_containerd(ctd)
+    cm_netns = NetNS("rktlet-bench-m").create()
+    cleanups.add("delete conmon's netns", cm_netns.delete)
+    conmon = Conmon(base / "conmon", cm_netns, f"/rktlet-bench-{token}/conmon", writer)
+    cleanups.add("conmon: containers, processes, leftovers", conmon.cleanup)
+    return Peers(writer, rk, rk_exec, ctd, conmon)
 
 
 def describe(exc: BaseException) -> str:
@@ -738,7 +873,9 @@ def describe(exc: BaseException) -> str:
 
 def lifecycle_runs(targets: list[Target], pods: int, warmup: int, res: Results) -> None:
     for i in range(warmup + pods):
-        order = targets if i % 2 == 0 else targets[::-1]
+        # Rotated: each runtime follows each other one equally often.
+        k = i % len(targets)
+        order = targets[k:] + targets[:k]
         for target in order:
             if target.label in res.errors:
                 continue
@@ -757,123 +894,117 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="rounds (medians over them)")
     parser.add_argument("--lifecycle-pods", type=int, default=10, help="pods per runtime")
     parser.add_argument("--warmup", type=int, default=2, help="lifecycle pods not counted")
-    parser.add_argument("--no-memory", action="store_true", help="skip the memory part")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory parts")
+    parser.add_argument(
+        "--scale-pods", default="1,30,100", help="pod counts of the memory-at-scale part"
+    )
+    parser.add_argument(
+        "--scale-mb", type=int, default=8, help="MB each container logs (memory at scale)"
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
     args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        print("compare.py: needs root (netns, mounts, cgroups)", file=sys.stderr)
-        return 2
-    for tool in ("ip", "nsenter", "runc", "conmon", "containerd", "docker-registry"):
-        if shutil.which(tool) is None:
-            print(f"compare.py: {tool} is not installed", file=sys.stderr)
-            return 2
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
-
-    from fixtures.build_images import build_all
-
-    token = secrets.token_hex(4)
-    base = Path(tempfile.mkdtemp(prefix="rktlet-bench-compare-"))
-    cleanups = Cleanups()
-    cleanups.add("remove the temp dir", lambda: shutil.rmtree(base, ignore_errors=True))
-    cleanups.add("remove the cgroups", lambda: remove_cgroup_tree(f"/rktlet-bench-{token}"))
     res = Results(args.size_mb, args.runs, lifecycle_pods=args.lifecycle_pods)
+    return run_with_peers("compare.py", lambda peers, base: _compare(args, res, peers, base))
+
+
+def _compare(args: argparse.Namespace, res: Results, peers: Peers, base: Path) -> int:
     timeout = max(600.0, args.size_mb * 1.0)
     load_before = os.getloadavg()
-    try:
-        layout = build_all(base / "images" / "layout")
-        log_root = base / "pod-logs"
-        log("starting rktlet")
-        rk = setup_rktlet(base / "rktlet", layout, token, cleanups, log_root, False)
-        check_ready(rk)
-        log("starting containerd")
-        ctd = setup_containerd(base / "containerd", layout, token, cleanups, log_root)
-        start_containerd(ctd)
-        cm_netns = NetNS("rktlet-bench-m").create()
-        cleanups.add("delete conmon's netns", cm_netns.delete)
-        conmon = Conmon(base / "conmon", cm_netns, f"/rktlet-bench-{token}/conmon")
-        cleanups.add("conmon: containers, processes, leftovers", conmon.cleanup)
+    writer, rk, rk_exec, ctd, conmon = (
+        peers.writer,
+        peers.rktlet,
+        peers.rktlet_exec,
+        peers.containerd,
+        peers.conmon,
+    )
 
-        runners: dict[str, Callable[[int, int], Run]] = {
-            "rktlet": lambda ls, n: cri_throughput(rk, ls, n, timeout),
-            "containerd": lambda ls, n: cri_throughput(ctd, ls, n, timeout),
-            "conmon": lambda ls, n: conmon.throughput(ls, n, timeout),
-            LIMIT: lambda ls, n: conmon.limit(ls, n),
+    runners: dict[str, Callable[[int, int], Run]] = {
+        "rktlet": lambda ls, n: cri_throughput(rk, writer, ls, n, timeout),
+        "containerd": lambda ls, n: cri_throughput(ctd, writer, ls, n, timeout),
+        "conmon": lambda ls, n: conmon.throughput(ls, n, timeout),
+        LIMIT: lambda ls, n: conmon.limit(ls, n),
+    }
+    warm_up(base, args.size_mb * MB)
+    for line_size, label in LINE_SIZES:
+        total = args.size_mb * MB // line_size * line_size
+        for rnd in range(args.runs):
+            order = TP_ROWS[rnd % 4 :] + TP_ROWS[: rnd % 4]
+            for rt in order:
+                key = f"{rt} throughput {label}"
+                if key in res.errors:
+                    continue
+                try:
+                    run = runners[rt](line_size, total)
+                except (grpc.RpcError, RuntimeError, OSError, subprocess.SubprocessError) as e:
+                    res.errors[key] = describe(e)
+                    log(f"{key}: {res.errors[key]}")
+                    continue
+                res.throughput.setdefault((rt, line_size), []).append(run)
+                log(
+                    f"{label} {rt} round {rnd + 1}: "
+                    f"{run.expected / MB / run.seconds:.0f} MB/s, "
+                    f"CPU {run.cpu:.2f} s, lost {run.lost} B, bad records {run.bad_records}"
+                )
+
+    if not args.no_memory:
+        mem_runners: dict[str, Callable[[int], Memory]] = {
+            "rktlet": lambda n: cri_memory(rk, writer, n),
+            "containerd": lambda n: cri_memory(ctd, writer, n),
+            "conmon": conmon.memory,
         }
-        warm_up(base, args.size_mb * MB)
-        for line_size, label in LINE_SIZES:
-            total = args.size_mb * MB // line_size * line_size
+        for n in (1, 8):
             for rnd in range(args.runs):
-                order = TP_ROWS[rnd % 4 :] + TP_ROWS[: rnd % 4]
+                order = RUNTIMES[rnd % 3 :] + RUNTIMES[: rnd % 3]
                 for rt in order:
-                    key = f"{rt} throughput {label}"
+                    key = f"{rt} memory {n}"
                     if key in res.errors:
                         continue
                     try:
-                        run = runners[rt](line_size, total)
-                    except (grpc.RpcError, RuntimeError, OSError, subprocess.SubprocessError) as e:
+                        m = mem_runners[rt](n)
+                    except (grpc.RpcError, RuntimeError, OSError) as e:
                         res.errors[key] = describe(e)
                         log(f"{key}: {res.errors[key]}")
                         continue
-                    res.throughput.setdefault((rt, line_size), []).append(run)
+                    res.memory.setdefault((rt, n), []).append(m)
                     log(
-                        f"{label} {rt} round {rnd + 1}: "
-                        f"{run.expected / MB / run.seconds:.0f} MB/s, "
-                        f"CPU {run.cpu:.2f} s, lost {run.lost} B, bad records {run.bad_records}"
+                        f"memory {n} ctr {rt}: RSS {m.rss / 1024:.1f} MiB, "
+                        f"PSS {m.pss / 1024:.1f} MiB, logged ok {m.logged_ok}"
                     )
 
-        if not args.no_memory:
-            mem_runners: dict[str, Callable[[int], Memory]] = {
-                "rktlet": lambda n: cri_memory(rk, n),
-                "containerd": lambda n: cri_memory(ctd, n),
-                "conmon": conmon.memory,
-            }
-            for n in (1, 8):
-                for rnd in range(args.runs):
-                    order = RUNTIMES[rnd % 3 :] + RUNTIMES[: rnd % 3]
-                    for rt in order:
-                        key = f"{rt} memory {n}"
-                        if key in res.errors:
-                            continue
-                        try:
-                            m = mem_runners[rt](n)
-                        except (grpc.RpcError, RuntimeError, OSError) as e:
-                            res.errors[key] = describe(e)
-                            log(f"{key}: {res.errors[key]}")
-                            continue
-                        res.memory.setdefault((rt, n), []).append(m)
-                        log(
-                            f"memory {n} ctr {rt}: RSS {m.rss / 1024:.1f} MiB, "
-                            f"PSS {m.pss / 1024:.1f} MiB, logged ok {m.logged_ok}"
-                        )
+    res.scales = [int(n) for n in args.scale_pods.split(",") if n] if not args.no_memory else []
+    res.scale_mb = args.scale_mb
+    if res.scales:
+        from bench import monitor_memory as mm
 
-        log(f"lifecycle: {args.lifecycle_pods} pods per runtime")
-        lifecycle_runs([rk, ctd], args.lifecycle_pods, args.warmup, res)
+        size = args.scale_mb * MB
+        scale_runners: dict[str, Callable[[int], Any]] = {
+            RKTLET: lambda n: mm.cri_scale(rk, writer, n, size),
+            RKTLET_EXEC: lambda n: mm.cri_scale(rk_exec, writer, n, size),
+            "containerd": lambda n: mm.cri_scale(ctd, writer, n, size),
+            "conmon": lambda n: mm.conmon_scale(conmon, n, size),
+        }
+        mm.run_scales(scale_runners, res.scales, res.scale, res.errors)
 
-        load_after = os.getloadavg()
-        res.header = [
-            *machine_lines(),
-            f"load average (1 min) before/after: {load_before[0]:.2f} / {load_after[0]:.2f}",
-            *version_lines([rk, ctd]),
-            f"conmon: {tool_version([CONMON, '--version'])}",
-            f"busybox: {tool_version(['busybox'])}",
-            f"command: `bench/compare.py --size-mb {args.size_mb} --runs {args.runs} "
-            f"--lifecycle-pods {args.lifecycle_pods}`",
-        ]
-        text = report(res)
-        args.out.write_text(text)
-        print(text)
-        lost = any(r.lost or r.bad_records for runs in res.throughput.values() for r in runs)
-        return 1 if res.errors or lost else 0
-    except (KeyboardInterrupt, SystemExit) as exc:
-        log(f"interrupted ({exc!r})")
-        return exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 130
-    except BaseException:
-        traceback.print_exc()
-        return 1
-    finally:
-        log("cleaning up")
-        cleanups.run()
+    log(f"lifecycle: {args.lifecycle_pods} pods per runtime")
+    lifecycle_runs([rk, rk_exec, ctd], args.lifecycle_pods, args.warmup, res)
+
+    load_after = os.getloadavg()
+    res.header = [
+        *machine_lines(),
+        f"load average (1 min) before/after: {load_before[0]:.2f} / {load_after[0]:.2f}",
+        *version_lines([rk, rk_exec, ctd]),
+        f"conmon: {tool_version([CONMON, '--version'])}",
+        f"busybox: {tool_version(['busybox'])}",
+        f"gcc (the writer's): {tool_version(['gcc', '--version'])}",
+        f"command: `bench/compare.py --size-mb {args.size_mb} --runs {args.runs} "
+        f"--lifecycle-pods {args.lifecycle_pods} --scale-pods {args.scale_pods} "
+        f"--scale-mb {args.scale_mb}`",
+    ]
+    sections = report(res)
+    update_results(args.out, sections, placeholders=PLACEHOLDERS)
+    print("\n\n".join(body for body in sections.values() if body))
+    lost = any(r.lost or r.bad_records for runs in res.throughput.values() for r in runs)
+    return 1 if res.errors or lost else 0
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -529,8 +529,17 @@ def _terminate(signum: int, _frame: FrameType | None) -> None:
 
 
 def setup_rktlet(
-    base: Path, layout: Path, token: str, cleanups: Cleanups, log_root: Path, no_pyc_cache: bool
+    base: Path,
+    layout: Path,
+    token: str,
+    cleanups: Cleanups,
+    log_root: Path,
+    no_pyc_cache: bool,
+    *,
+    label: str = "rktlet",
+    extra_env: Mapping[str, str] | None = None,
 ) -> Target:
+    """A started rktlet daemon in a netns of its own (``extra_env``: more of its environment)."""
     netns = NetNS("rktlet-bench-r").create()
     cleanups.add("delete rktlet's netns", netns.delete)
     registry = start_registry(netns, base, layout, set(IMAGES.values()))
@@ -547,22 +556,23 @@ def setup_rktlet(
         netns,
         cni_conf_dir=cni_dir,
         insecure_registries=[registry.host],
-        env=python_env(None if no_pyc_cache else base / "pycache"),
+        env={**python_env(None if no_pyc_cache else base / "pycache"), **(extra_env or {})},
     )
+    slug = "".join(c if c.isalnum() else "-" for c in label)
     target = Target(
-        "rktlet",
+        label,
         daemon,
         f"{registry.host}/{IMAGES['busybox']}",
-        f"/rktlet-bench-{token}/rktlet",
+        f"/rktlet-bench-{token}/{slug}",
         log_root,
     )
     daemon.cgroup_parents.add(target.cgroup_parent)
-    cleanups.add("rktlet: pods, daemon, leftovers", daemon.cleanup)
+    cleanups.add(f"{label}: pods, daemon, leftovers", daemon.cleanup)
     daemon.start()
     target.version = daemon.version()
     start = time.perf_counter()
     daemon.pull(target.image)
-    log(f"rktlet: pulled {target.image} in {(time.perf_counter() - start) * 1000:.0f} ms")
+    log(f"{label}: pulled {target.image} in {(time.perf_counter() - start) * 1000:.0f} ms")
     return target
 
 

@@ -1,7 +1,8 @@
 """Container stdout -> CRI log throughput of the iottymux monitor, against `cat`.
 
-For each line size (100 B and 16 KiB) an app writes --size-mb of lines as fast
-as it can.  We time it two ways in the same run:
+For each line size (100 B and 16 KiB) the static writer (``bench/writer.c``, built
+with ``gcc -static -O2`` at run time: 1 MiB writes, so the writer is never the
+bottleneck) writes --size-mb of lines.  We time it two ways in the same run:
 
 * rktlet: the app's stdout is a pipe owned by an iottymux monitor, which
   writes the CRI log; the clock stops when the monitor reports the app's exit,
@@ -10,7 +11,9 @@ as it can.  We time it two ways in the same run:
 
 Printed per case: MB/s and lines/s (medians over --runs), CPU seconds per GB
 of the monitor (or of cat), the ratio rktlet/limit; then the monitor's start
-time and its RSS with 1 and with 8 apps logging at once.
+time and its memory with 1 and with 8 apps logging at once, each two ways in the
+same run: forked by the monitor fork server (as the daemon starts monitors) and
+started as a new interpreter (``iottymux monitor --detach``, the fallback).
 """
 
 from __future__ import annotations
@@ -25,25 +28,20 @@ import tempfile
 import time
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._writer import build_writer, writer_args
 from iottymux.control import ControlClient
+from iottymux.forkserver import ForkServer
 from iottymux.monitor import IDLE_AFTER
 from iottymux.monitor_cmd import start_detached
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MB = 1_000_000
 
-APP = """
-import os, sys
-line_size, total = int(sys.argv[1]), int(sys.argv[2])
-line = b"y" * (line_size - 1) + b"\\n"
-block = line * max(1, (1 << 20) // line_size)
-left = total
-while left > 0:
-    view = memoryview(block)[: min(len(block), left)]
-    left -= len(view)
-    while view:
-        view = view[os.write(1, view):]
-"""
+#: The compiled writer (set in main).
+WRITER = Path()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -61,12 +59,14 @@ def rss_kib(pid: int, field: str = "VmRSS") -> int:
 
 
 def app_command(line_size: int, total: int) -> list[str]:
-    return [sys.executable, "-c", APP, str(line_size), str(total)]
+    return [str(WRITER), *writer_args(line_size, total)]
 
 
-def start_monitor(run_dir: Path) -> tuple[int, float]:
+def start_monitor(run_dir: Path, fork_server: ForkServer | None = None) -> tuple[int, float]:
+    """A detached monitor (forked by ``fork_server``, if given); its pid, and the seconds
+    until its control socket answered."""
     t0 = time.perf_counter()
-    pid = start_detached(str(run_dir))
+    pid = start_detached(str(run_dir), fork_server=fork_server)
     return pid, time.perf_counter() - t0
 
 
@@ -133,18 +133,24 @@ def run_cat(work: Path, line_size: int, total: int) -> tuple[float, float]:
     return elapsed, usage.ru_utime + usage.ru_stime
 
 
-def pss_kib(pid: int) -> int:
+def pss_kib(pid: int) -> tuple[int, int]:
+    """(PSS, private dirty) in KiB."""
+    pss = dirty = 0
     with open(f"/proc/{pid}/smaps_rollup") as f:
         for line in f:
             if line.startswith("Pss:"):
-                return int(line.split()[1])
-    return 0
+                pss = int(line.split()[1])
+            elif line.startswith("Private_Dirty:"):
+                dirty = int(line.split()[1])
+    return pss, dirty
 
 
-def measure_rss(work: Path, apps: int, line_size: int, total: int) -> dict[str, int]:
+def measure_rss(
+    work: Path, apps: int, line_size: int, total: int, fork_server: ForkServer | None
+) -> dict[str, int]:
     """Monitor memory while ``apps`` apps log ``total`` bytes each, and once idle."""
     run_dir = work / "rss-run"
-    pid, _ = start_monitor(run_dir)
+    pid, _ = start_monitor(run_dir, fork_server)
     figures = {"start_rss": rss_kib(pid)}
     try:
         with ControlClient(str(run_dir / "control.sock"), timeout=600) as client:
@@ -163,7 +169,7 @@ def measure_rss(work: Path, apps: int, line_size: int, total: int) -> dict[str, 
             # The monitor hands freed buffers back after IDLE_AFTER quiet seconds.
             time.sleep(IDLE_AFTER + 0.5)
             figures["idle_rss"] = rss_kib(pid)
-            figures["idle_pss"] = pss_kib(pid)
+            figures["idle_pss"], figures["idle_dirty"] = pss_kib(pid)
             client.request("shutdown")
     finally:
         try:
@@ -185,7 +191,9 @@ def main() -> int:
     args = parser.parse_args()
     total = args.size_mb * MB
     work = Path(tempfile.mkdtemp(prefix="rktlet-bench-", dir=args.dir))
+    global WRITER
     try:
+        WRITER = build_writer(work / "bin")
         print(
             f"# log throughput, {args.size_mb} MB per run, median of {args.runs} runs, "
             f"{os.cpu_count()} CPUs, python {sys.version.split()[0]}"
@@ -211,24 +219,35 @@ def main() -> int:
                     f"{name + ' ' + label:<26}{mbs:>9.0f}{lps:>13,.0f}{cpu_gb:>10.2f}"
                     f"{mbs / limit:>9.2f}x"
                 )
-        starts = []
-        for i in range(10):
-            _pid, seconds = start_monitor(work / f"start{i}")
-            starts.append(seconds)
-            with ControlClient(str(work / f"start{i}" / "control.sock")) as client:
-                client.request("shutdown")
-        print(
-            f"monitor start (spawn to control socket ready), median of 10: "
-            f"{statistics.median(starts) * 1000:.1f} ms"
-        )
-        for apps in (1, 8):
-            m = measure_rss(work, apps, 100, 50 * MB)
+        fork_server = ForkServer()
+        try:
+            starts: dict[str, list[float]] = {"fork server": [], "interpreter": []}
+            for i in range(10):  # interleaved
+                for how, server in (("fork server", fork_server), ("interpreter", None)):
+                    run_dir = work / f"start-{i}-{how[0]}"
+                    _pid, seconds = start_monitor(run_dir, server)
+                    starts[how].append(seconds)
+                    with ControlClient(str(run_dir / "control.sock")) as client:
+                        client.request("shutdown")
             print(
-                f"monitor memory, {apps} app(s) logging 50 MB each: "
-                f"RSS at start {m['start_rss'] / 1024:.1f} MiB, "
-                f"peak {m['peak_rss'] / 1024:.1f} MiB, idle after {m['idle_rss'] / 1024:.1f} MiB "
-                f"(PSS {m['idle_pss'] / 1024:.1f} MiB)"
+                "monitor start (request to control socket ready), median of 10: "
+                + ", ".join(
+                    f"{how} {statistics.median(v) * 1000:.1f} ms" for how, v in starts.items()
+                )
             )
+            for apps in (1, 8):
+                for how, server in (("forked", fork_server), ("own interpreter", None)):
+                    m = measure_rss(work, apps, 100, 50 * MB, server)
+                    print(
+                        f"monitor memory ({how}), {apps} app(s) logging 50 MB each: "
+                        f"RSS at start {m['start_rss'] / 1024:.1f} MiB, "
+                        f"peak {m['peak_rss'] / 1024:.1f} MiB, "
+                        f"idle after {m['idle_rss'] / 1024:.1f} MiB "
+                        f"(PSS {m['idle_pss'] / 1024:.1f} MiB, "
+                        f"private dirty {m['idle_dirty'] / 1024:.1f} MiB)"
+                    )
+        finally:
+            fork_server.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -38,12 +38,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench._results import update  # noqa: E402
 from bench.attach_fanout import cpu_seconds, peak_rss_kib  # noqa: E402
-from bench.logs_tail import replace_section  # noqa: E402
 from iottymux.logformat import LineFramer, TimestampCache  # noqa: E402
 
-MARK_START = "<!-- bench/logs_follow.py -->"
-MARK_END = "<!-- /bench/logs_follow.py -->"
+SECTION = "logs-follow"  # of bench/RESULTS.md (bench/_results.py)
 
 
 @dataclass
@@ -291,7 +290,7 @@ def main() -> int:
                 "",
                 *table,
             ]
-            replace_section(args.results, MARK_START, MARK_END, "\n".join(text))
+            update(args.results, {SECTION: "\n".join(text)})
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0

@@ -38,6 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench._results import update  # noqa: E402
 from iottymux.logformat import LineFramer, format_timestamp  # noqa: E402
 from iottymux.logreader import LogSource, ReadOptions, ReadStats, read_lines  # noqa: E402
 
@@ -139,20 +140,7 @@ def in_process(source_path: Path, options: ReadOptions, runs: int) -> tuple[floa
     return statistics.median(times), stats.bytes_read, lines
 
 
-MARK_START = "<!-- bench/logs_tail.py -->"
-MARK_END = "<!-- /bench/logs_tail.py -->"
-
-
-def replace_section(path: Path, start: str, end: str, text: str) -> None:
-    """Put ``text`` between the markers in ``path``, replacing an earlier run's section."""
-    old = path.read_text() if path.exists() else ""
-    section = f"{start}\n{text.rstrip()}\n{end}\n"
-    if start in old and end in old:
-        head, rest = old.split(start, 1)
-        tail = rest.split(end, 1)[1].lstrip("\n")
-        path.write_text(head + section + tail)
-    else:
-        path.write_text(old.rstrip() + "\n\n" + section if old else section)
+SECTION = "logs-tail"  # of bench/RESULTS.md (bench/_results.py)
 
 
 @dataclass
@@ -217,7 +205,7 @@ def write_section(
     for row in rows:
         cell = row.name.replace("|", "\\|")
         lines.append(f"| `{cell}` | " + " | ".join(row.cells(tail, cat)) + f" | {row.goal} |")
-    replace_section(path, MARK_START, MARK_END, "\n".join(lines))
+    update(path, {SECTION: "\n".join(lines)})
 
 
 def main() -> int:

@@ -9,6 +9,7 @@ for the status of every app; nothing in the monitor depends on the daemon.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import json
 import logging
@@ -28,6 +29,7 @@ from cri.errors import (
     RktletError,
     Unavailable,
 )
+from iottymux.forkserver import ForkServer
 from iottymux.monitor_cmd import start_detached
 
 log = logging.getLogger("rktlet.monitors")
@@ -213,10 +215,31 @@ class MonitorConnection:
             self._lost()
 
 
+_fork_server: ForkServer | None = None
+
+
+def fork_server() -> ForkServer | None:
+    """This daemon's monitor fork server (started on first use), or None when disabled.
+
+    ``RKTLET_NO_FORK_SERVER=1`` starts every monitor as a new interpreter instead.
+    """
+    global _fork_server
+    if os.environ.get("RKTLET_NO_FORK_SERVER") == "1":
+        return None
+    if _fork_server is None:
+        _fork_server = ForkServer()
+        # Closing our end is what tells it to exit; a killed daemon closes it too.
+        atexit.register(_fork_server.close)
+    return _fork_server
+
+
 async def start_monitor(run_dir: str, sandbox_id: str = "") -> int:
-    """Start a pod's monitor (a transient systemd unit under systemd, else detached)."""
+    """Start a pod's monitor: a transient systemd unit under systemd, else forked by
+    the fork server, else (no fork server) detached from a new interpreter."""
     unit = f"rktlet-pod-{sandbox_id[:16]}" if sandbox_id else ""
     try:
-        return await asyncio.to_thread(start_detached, run_dir, unit=unit)
+        return await asyncio.to_thread(
+            start_detached, run_dir, unit=unit, fork_server=fork_server()
+        )
     except (RuntimeError, OSError) as exc:
         raise Unavailable(f"cannot start the pod monitor: {exc}") from None

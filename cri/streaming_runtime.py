@@ -5,7 +5,10 @@
   console socket, and resize events go to that pty.
 * attach: a client of the app's iottymux attach endpoint, so StdinOnce, resize,
   replay and the slow-client rule (the monitor disconnects an attacher that falls
-  behind) hold end to end.
+  behind) hold end to end.  Output is read from the monitor's shared output ring
+  (:mod:`iottymux.outring`), so that many attach sessions of one container cost
+  its monitor one copy of each read, not one per session; a monitor that offers
+  no ring sends it on the socket as before.
 * port-forward: a connection dialled from a thread that has ``setns``-ed into
   the pod's network namespace (the host's for a host-network pod).
 
@@ -35,6 +38,7 @@ from cri.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, U
 from cri.oci.runc import Runc, log_message, process_spec_for_exec, shell_exit_code
 from cri.runtime import Runtime
 from iottymux import attachproto as proto
+from iottymux.outring import RingLapped, RingReader
 from streaming import errors as streaming_errors
 from streaming import portforward
 from streaming.config import StreamingConfig
@@ -312,25 +316,30 @@ class ContainerStreamingRuntime:
         # running and its stdin stays open for the next attacher.
         ends_with_input = streams.stdin is not None and not (config.stdin_once and not tty)
         app_dir = os.path.join(self.rt.pod_run_dir(record.sandbox_id), "apps", record.id)
-        dir_fd = os.open(app_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            reader, writer = await asyncio.open_unix_connection(
-                f"/proc/self/fd/{dir_fd}/attach.sock", limit=1 << 22
-            )
-        finally:
-            os.close(dir_fd)
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.setblocking(False)
+        ring: RingReader | None = None
         tasks: list[asyncio.Task[Any]] = []
+        writer: asyncio.StreamWriter | None = None
         try:
-            writer.write(
-                proto.encode_hello(
-                    stdin=streams.stdin is not None,
-                    stdout=streams.stdout is not None,
-                    stderr=streams.stderr is not None,
-                )
+            dir_fd = os.open(app_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                await loop.sock_connect(sock, f"/proc/self/fd/{dir_fd}/attach.sock")
+            finally:
+                os.close(dir_fd)
+            hello = proto.encode_hello(
+                stdin=streams.stdin is not None,
+                stdout=streams.stdout is not None,
+                stderr=streams.stderr is not None,
+                ring=True,
             )
-            await writer.drain()
+            await loop.sock_sendall(sock, hello)
             decoder = proto.FrameDecoder(proto.SERVER_KINDS)
-            frames: list[tuple[int, bytes]] = []
+            ring, frames = await _ready(sock, decoder)
+            reader, writer = await asyncio.open_unix_connection(sock=sock, limit=1 << 22)
+            ring_offset = 0
+            ring_frames = proto.FrameDecoder(frozenset({proto.STDOUT, proto.STDERR}))
             input_over: asyncio.Task[None] | None = None
             if streams.stdin is not None:
                 input_ended = asyncio.Event()
@@ -340,8 +349,32 @@ class ContainerStreamingRuntime:
                     tasks.append(input_over)
             if resize_queue is not None and tty:
                 tasks.append(asyncio.create_task(_resize_frames(resize_queue, writer)))
+            output: list[tuple[int, bytes]] = []
+
+            def read_ring(told: int) -> None:
+                """Ring output from where we are to at least ``told`` (on to its write end
+                if more is there), with its ACK due once that output is delivered."""
+                nonlocal ring_offset
+                assert ring is not None
+                end = ring.available(ring_offset, told)
+                if end <= ring_offset:
+                    return
+                try:
+                    chunk = ring.read(ring_offset, end)
+                except RingLapped as exc:
+                    raise Unavailable(f"attach ended: overflow: {exc}") from None
+                output.extend(ring_frames.receive_data(chunk))
+                ring_offset = end
+                # A slow client counts as behind, exactly as on the socket.
+                output.append((_ACK_DUE, proto.encode_offset(proto.ACK, end)))
+
             while True:
-                while not frames:
+                if input_over is not None and input_over.done():
+                    return  # even while the app keeps writing
+                while not frames and not output:
+                    if ring is not None and ring.write_end() > ring_offset:
+                        read_ring(0)  # behind: read on without waiting for a RING
+                        continue
                     if input_over is None:
                         data = await reader.read(1 << 18)
                     else:
@@ -354,8 +387,26 @@ class ContainerStreamingRuntime:
                     if not data:
                         return
                     frames.extend(decoder.receive_data(data))
-                kind, payload = frames.pop(0)
-                if kind == proto.STDOUT and streams.stdout is not None:
+                if output:
+                    kind, payload = output.pop(0)
+                else:
+                    kind, payload = frames.pop(0)
+                if kind == proto.READY:
+                    info = proto.decode_json(payload).get("ring")
+                    if ring is not None and isinstance(info, dict):
+                        ring_offset = int(info.get("offset", 0))
+                    elif ring is not None:
+                        ring.close()
+                        ring = None
+                elif kind == proto.RING:
+                    if ring is None:
+                        raise Unavailable("attach: the monitor sent RING without a ring")
+                    told = proto.decode_offset(payload)
+                    if told > ring_offset:  # else: already read ahead past it
+                        read_ring(told)
+                elif kind == _ACK_DUE:
+                    writer.write(payload)
+                elif kind == proto.STDOUT and streams.stdout is not None:
                     await streams.stdout.write(payload)
                 elif kind == proto.STDERR:
                     target = streams.stderr or (streams.stdout if tty else None)
@@ -368,9 +419,14 @@ class ContainerStreamingRuntime:
         finally:
             for task in tasks:
                 task.cancel()
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            if ring is not None:
+                ring.close()
+            if writer is not None:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+            else:
+                sock.close()
 
     # -- port-forward ------------------------------------------------------------------
 
@@ -379,6 +435,49 @@ class ContainerStreamingRuntime:
         if sandbox.state != "ready":
             raise FailedPrecondition(f"pod {sandbox.id} is not ready")
         await portforward.forward(sandbox.info.get("netns") or None, port, stream)
+
+
+#: A pseudo frame kind: acknowledge the ring up to here (the payload) once the output
+#: read before it has been written to the client.
+_ACK_DUE = -1
+
+
+async def _ready(
+    sock: socket.socket, decoder: proto.FrameDecoder
+) -> tuple[RingReader | None, list[tuple[int, bytes]]]:
+    """Read up to the monitor's first frame (READY), with the ring descriptor riding on it.
+
+    asyncio's streams cannot receive descriptors: this first read is done by hand,
+    and what follows READY in the same read is returned with it.
+    """
+    loop = asyncio.get_running_loop()
+    ring: RingReader | None = None
+    try:
+        while True:
+            readable = loop.create_future()
+            loop.add_reader(sock.fileno(), readable.set_result, None)
+            try:
+                await readable
+            finally:
+                loop.remove_reader(sock.fileno())
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 18, 1)
+            except (BlockingIOError, InterruptedError):
+                continue
+            for fd in fds:
+                if ring is None:
+                    ring = RingReader(fd)
+                else:
+                    os.close(fd)
+            if not data:
+                raise Unavailable("attach: the monitor closed the connection")
+            frames = decoder.receive_data(data)
+            if frames:
+                return ring, frames
+    except BaseException:
+        if ring is not None:
+            ring.close()
+        raise
 
 
 def _kill_pid_file(pid_file: Path) -> None:

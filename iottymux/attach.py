@@ -17,6 +17,20 @@ disconnected (after a short grace for that last frame); the app, the log and
 the other attachers never notice.  A frame already partly written is finished
 first, so the client's byte stream stays well formed.
 
+That copies every read into every attacher's socket: the kernel's work grows with
+the number of attachers, and a hundred of them cost the app most of its
+throughput.  An attacher that asks for the *ring* (``HELLO`` ``ring``) gets the
+output through the endpoint's :class:`~iottymux.outring.OutputRing` instead:
+each read is written there once, whoever reads it; the attacher reads on by
+itself while it is behind, and its socket carries its ``ACK`` frames and, when it
+has caught up, a small ``RING`` wake-up once there is more.  How far a ring
+attacher is behind is what it has not acknowledged; past its queue size plus the
+socket buffer a socket attacher would have had (twice :data:`SEND_BUFFER`: the
+same slack either way) it is disconnected with the same ``overflow`` reason, and
+the ring is sized so that no attacher still served is ever overwritten.  The ring
+is written only while ring attachers take output, and its pages are given back
+when the last one has gone.
+
 Stdin from all attachers goes into one queue, written to the app whole message
 by whole message, in arrival order.  When the app does not read and the queue
 passes its limit, the endpoint stops reading from attachers (back-pressure
@@ -37,6 +51,7 @@ import struct
 import termios
 
 from iottymux import attachproto as proto
+from iottymux.outring import OutputRing
 from iottymux.state import write_atomic
 from iottymux.unixsock import listen_unix
 
@@ -80,6 +95,9 @@ class Attacher:
         "closed",
         "paused",
         "detached",
+        "ring",
+        "notified",
+        "acked",
     )
 
     def __init__(self, sock: socket.socket) -> None:
@@ -99,6 +117,11 @@ class Attacher:
         self.closed = False
         self.paused = False
         self.detached = False
+        #: Output comes through the endpoint's ring (until the attacher closes).
+        self.ring = False
+        #: Ring offsets: up to where it was last told (RING), up to where it has read (ACK).
+        self.notified = 0
+        self.acked = 0
 
 
 class AttachEndpoint:
@@ -141,6 +164,13 @@ class AttachEndpoint:
         self.stdin_closing = False  # close once the queue is written
         self.exit_body: dict[str, Any] | None = None
         self.state = "created"
+        #: The shared output ring, while ring attachers are connected.
+        self.output_ring: OutputRing | None = None
+        #: Ring attachers still taking output (the ring is written while there are any),
+        #: and those still connected (its pages are kept while there are any).
+        self.ring_attachers = 0
+        self._ring_holders = 0
+        self.ring_sessions = 0
         # counters for status and metrics
         self.sessions = 0
         self.overflow_disconnects = 0
@@ -166,6 +196,9 @@ class AttachEndpoint:
     def close(self) -> None:
         for attacher in list(self.attachers.values()):
             self._drop(attacher)
+        if self.output_ring is not None:
+            self.output_ring.close()
+            self.output_ring = None
         fd = self.listener.fileno()
         self.loop.forget(fd)
         self.listener.close()
@@ -189,8 +222,12 @@ class AttachEndpoint:
         self.state = "exited"
         self.exit_body = body
         frame = proto.encode_json(proto.EXIT, body)
+        end = self.output_ring.write_end if self.output_ring is not None else 0
         for attacher in list(self.attachers.values()):
             if attacher.greeted and not attacher.closing:
+                if attacher.ring and attacher.notified < end:
+                    # The last of the output first, whatever is still unanswered.
+                    self._notify(attacher, end)
                 self._finish(attacher, frame)
         # Nobody writes to a dead app's stdin.
         self.stdin_queue.clear()
@@ -199,6 +236,8 @@ class AttachEndpoint:
     def status(self) -> dict[str, int]:
         return {
             "attachers": len(self.attachers),
+            "ring_attachers": self.ring_attachers,
+            "ring_sessions": self.ring_sessions,
             "sessions": self.sessions,
             "overflow_disconnects": self.overflow_disconnects,
             "stdin_bytes": self.stdin_bytes,
@@ -208,14 +247,55 @@ class AttachEndpoint:
     # -- output ------------------------------------------------------------------
 
     def broadcast(self, kind: int, data: bytes) -> None:
-        """One read of the app's output, for the ring and every attacher."""
+        """One read of the app's output, for the replay ring and every attacher."""
         self._remember(kind, data)
         if not self.attachers:
             return
         head = proto.header(kind, len(data))
+        start = end = 0
+        if self.ring_attachers and self.output_ring is not None:
+            start = self.output_ring.write_end
+            end = self.output_ring.append((head, data))
         for attacher in list(self.attachers.values()):
-            if kind in attacher.wants and not attacher.closing:
+            if attacher.closing:
+                continue
+            if attacher.ring:
+                # A paused attacher's ACKs wait behind its stdin: it cannot be judged
+                # now (if it falls a whole ring behind it sees that itself).
+                if start - attacher.acked > self._ring_limit() and not attacher.paused:
+                    self._overflow(attacher, self._ring_limit())
+                elif attacher.notified <= attacher.acked:
+                    self._notify(attacher, end)
+            elif kind in attacher.wants:
                 self._enqueue(attacher, head, data)
+
+    def _notify(self, attacher: Attacher, end: int) -> None:
+        """Tell a ring attacher its output is in the ring up to ``end``."""
+        attacher.notified = end
+        self._enqueue(attacher, proto.encode_offset(proto.RING, end), b"")
+
+    def _ring_limit(self) -> int:
+        """How far behind a ring attacher may fall: as far as a socket attacher can
+        (its queue, and the socket buffer, which the kernel makes twice SO_SNDBUF)."""
+        return self.queue_size + 2 * SEND_BUFFER
+
+    def _ring_capacity(self) -> int:
+        # Room for the limit plus the frame that crosses it and the next one:
+        # an attacher still served is never overwritten (see broadcast).
+        frame = proto.HEADER_SIZE + proto.MAX_PAYLOAD
+        return -(-(self._ring_limit() + 2 * frame) // 4096) * 4096
+
+    def _join_ring(self, attacher: Attacher) -> int:
+        """Make ``attacher`` a ring reader; a read-only descriptor of the ring for it."""
+        if self.output_ring is None:
+            self.output_ring = OutputRing(self._ring_capacity())
+        fd = self.output_ring.reader_fd()
+        attacher.ring = True
+        attacher.notified = attacher.acked = self.output_ring.write_end
+        self.ring_attachers += 1
+        self._ring_holders += 1
+        self.ring_sessions += 1
+        return fd
 
     def _remember(self, kind: int, data: bytes) -> None:
         if self.ring_size <= 0:
@@ -260,11 +340,11 @@ class AttachEndpoint:
         head, payload = attacher.queue[0]
         return attacher.queued - (len(head) + len(payload) - attacher.head_sent)
 
-    def _overflow(self, attacher: Attacher) -> None:
+    def _overflow(self, attacher: Attacher, limit: int = 0) -> None:
         self.overflow_disconnects += 1
         reason = (
-            f"overflow: attacher fell more than {self.queue_size} bytes behind the app's "
-            "output; disconnected so that the app and its log are not slowed"
+            f"overflow: attacher fell more than {limit or self.queue_size} bytes behind the "
+            "app's output; disconnected so that the app and its log are not slowed"
         )
         self._log(f"{self.app_name}: {reason}")
         # Keep the frame being written, if any, so the stream stays well formed.
@@ -278,6 +358,9 @@ class AttachEndpoint:
 
     def _finish(self, attacher: Attacher, last_frame: bytes) -> None:
         """Send a last frame, then close; a client that never reads gets a grace."""
+        if attacher.ring and not attacher.closing:
+            # It takes no new output; what it was told of it may still read.
+            self.ring_attachers -= 1
         attacher.closing = True
         if attacher.fd in self.attachers:
             self._stop_reading(attacher)
@@ -388,6 +471,8 @@ class AttachEndpoint:
             self._stdin_ended(attacher)
         elif kind == proto.DETACH:
             attacher.detached = True
+        elif kind == proto.ACK:
+            self._acked(attacher, proto.decode_offset(payload))
         elif kind == proto.HELLO:
             raise proto.AttachProtocolError("HELLO sent twice")
 
@@ -400,12 +485,26 @@ class AttachEndpoint:
             wants.add(proto.STDERR)
         attacher.wants = frozenset(wants)
         attacher.took_stdin = bool(options.get("stdin", True)) and self.stdin_fd >= 0
-        ready = {
+        ready: dict[str, Any] = {
             "tty": self.tty,
             "stdin": attacher.took_stdin and not self.stdin_closing,
             "state": self.state,
         }
-        self._enqueue(attacher, proto.encode_json(proto.READY, ready), b"")
+        ring_fd = -1
+        if options.get("ring") and self.exit_body is None:
+            try:
+                ring_fd = self._join_ring(attacher)
+            except OSError as exc:
+                self._log(f"{self.app_name}: no attach ring, output goes by socket: {exc}")
+        if ring_fd < 0:
+            self._enqueue(attacher, proto.encode_json(proto.READY, ready), b"")
+        else:
+            assert self.output_ring is not None
+            ready["ring"] = {"size": self.output_ring.capacity, "offset": attacher.acked}
+            try:
+                self._send_with_fd(attacher, proto.encode_json(proto.READY, ready), ring_fd)
+            finally:
+                os.close(ring_fd)
         if attacher.closed:
             return
         if options.get("replay"):
@@ -417,6 +516,37 @@ class AttachEndpoint:
         if self.exit_body is not None:
             self._finish(attacher, proto.encode_json(proto.EXIT, self.exit_body))
 
+    def _send_with_fd(self, attacher: Attacher, frame: bytes, fd: int) -> None:
+        """The first frame an attacher gets, with a descriptor riding on its first byte."""
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))]
+        try:
+            sent = attacher.sock.sendmsg([frame], rights)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._drop(attacher)
+            return
+        if sent == 0:
+            # An empty socket takes a small frame whole; without the descriptor
+            # the attacher could not read the ring, so it has to go.
+            self._drop(attacher)
+            return
+        if sent < len(frame):
+            self._enqueue(attacher, frame[sent:], b"")
+
+    def _acked(self, attacher: Attacher, offset: int) -> None:
+        if not attacher.ring:
+            raise proto.AttachProtocolError("ACK from an attacher that reads no ring")
+        ring = self.output_ring
+        end = ring.write_end if ring is not None else 0
+        if not attacher.acked <= offset <= end:
+            raise proto.AttachProtocolError(
+                f"ACK of offset {offset} is outside [{attacher.acked}, {end}]"
+            )
+        attacher.acked = offset
+        if attacher.notified <= offset < end:
+            self._notify(attacher, end)
+
     def _client_gone(self, attacher: Attacher) -> None:
         if not attacher.detached:
             self._stdin_ended(attacher)
@@ -426,6 +556,13 @@ class AttachEndpoint:
         if attacher.closed:
             return
         attacher.closed = True
+        if attacher.ring:
+            if not attacher.closing:
+                self.ring_attachers -= 1
+            attacher.ring = False
+            self._ring_holders -= 1
+            if self._ring_holders == 0 and self.output_ring is not None:
+                self.output_ring.idle()
         if attacher.grace is not None:
             attacher.grace.cancel()
         self.attachers.pop(attacher.fd, None)

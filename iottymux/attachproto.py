@@ -13,8 +13,9 @@ Client to monitor:
 
 ``HELLO`` (1)
     Must be first.  JSON options: ``stdin``, ``stdout``, ``stderr`` (bools,
-    which streams this attacher wants; default all) and ``replay`` (bool: first
-    send the app's recent output, kept in a ring buffer).
+    which streams this attacher wants; default all), ``replay`` (bool: first
+    send the app's recent output, kept in a ring buffer) and ``ring`` (bool: the
+    attacher can read output from the shared output ring, see ``RING``).
 ``STDIN`` (2)
     Bytes for the app's stdin.  Messages from all attachers reach the app in
     arrival order, each written whole before the next.
@@ -29,12 +30,22 @@ Client to monitor:
 ``DETACH`` (5)
     This attacher is leaving on purpose (the user's detach keys): its
     disconnect does not count as the end of its stdin, even for ``stdin_once``.
+``ACK`` (6)
+    Ring attachers only: ``offset`` (uint64, big-endian): the attacher has read
+    the ring up to there (at most the ring's write end).  The monitor measures
+    how far the attacher is behind by it; an attacher sends one after each read
+    of the ring, and at least one after each ``RING`` it got.
 
 Monitor to client:
 
 ``READY`` (16)
     Answer to ``HELLO``: JSON ``tty``, ``stdin`` (whether the app reads stdin
-    from attachers), ``state``.
+    from attachers), ``state``.  When the attacher asked for ``ring`` and the
+    monitor offers one: ``ring`` (``size``, and ``offset``, where this attacher's
+    output starts), and the frame's first byte carries a read-only descriptor of
+    the ring (``SCM_RIGHTS``); the attacher reads the ring as
+    :mod:`iottymux.outring` describes.  Without ``ring`` in ``READY``, output
+    comes in ``STDOUT``/``STDERR`` frames on the socket, as for any attacher.
 ``STDOUT`` (17), ``STDERR`` (18)
     Output of the app (a tty app's output is ``STDOUT``).
 ``EXIT`` (19)
@@ -43,6 +54,15 @@ Monitor to client:
 ``ERROR`` (20)
     UTF-8 reason; the monitor closes the connection after it, for example when
     this attacher fell more than its queue size behind (``overflow: ...``).
+``RING`` (21)
+    Ring attachers only: ``offset`` (uint64, big-endian): the ring holds output
+    for this attacher at least up to there (``STDOUT``/``STDERR`` frames, all of
+    them: the attacher skips streams it did not ask for).  It is sent when the
+    attacher has acknowledged everything it was told and there is more; an
+    attacher that is behind reads on to the ring's write end without waiting
+    for one.  Frames on the socket keep their order with the ring's, so an
+    ``EXIT`` comes after the ``RING`` that ends the output (an attacher that read
+    ahead may get a ``RING`` for output it has already read, and skips it).
 
 A frame's payload is at most :data:`MAX_PAYLOAD` bytes; larger frames are a
 protocol error.  :class:`FrameDecoder` is fed bytes and returns frames; the
@@ -63,19 +83,22 @@ STDIN: Final = 2
 RESIZE: Final = 3
 STDIN_CLOSE: Final = 4
 DETACH: Final = 5
+ACK: Final = 6
 READY: Final = 16
 STDOUT: Final = 17
 STDERR: Final = 18
 EXIT: Final = 19
 ERROR: Final = 20
+RING: Final = 21
 
-CLIENT_KINDS: Final = frozenset({HELLO, STDIN, RESIZE, STDIN_CLOSE, DETACH})
-SERVER_KINDS: Final = frozenset({READY, STDOUT, STDERR, EXIT, ERROR})
+CLIENT_KINDS: Final = frozenset({HELLO, STDIN, RESIZE, STDIN_CLOSE, DETACH, ACK})
+SERVER_KINDS: Final = frozenset({READY, STDOUT, STDERR, EXIT, ERROR, RING})
 
 HEADER: Final = struct.Struct(">BI")
 HEADER_SIZE: Final = HEADER.size
 MAX_PAYLOAD: Final = 1 << 20
 _WINSIZE: Final = struct.Struct(">HH")
+_OFFSET: Final = struct.Struct(">Q")
 
 
 class AttachProtocolError(Exception):
@@ -97,11 +120,29 @@ def encode_json(kind: int, body: dict[str, Any]) -> bytes:
 
 
 def encode_hello(
-    *, stdin: bool = True, stdout: bool = True, stderr: bool = True, replay: bool = False
+    *,
+    stdin: bool = True,
+    stdout: bool = True,
+    stderr: bool = True,
+    replay: bool = False,
+    ring: bool = False,
 ) -> bytes:
-    return encode_json(
-        HELLO, {"stdin": stdin, "stdout": stdout, "stderr": stderr, "replay": replay}
-    )
+    options = {"stdin": stdin, "stdout": stdout, "stderr": stderr, "replay": replay}
+    if ring:
+        options["ring"] = True
+    return encode_json(HELLO, options)
+
+
+def encode_offset(kind: int, offset: int) -> bytes:
+    """A ``RING`` or ``ACK`` frame."""
+    return encode(kind, _OFFSET.pack(offset))
+
+
+def decode_offset(payload: bytes) -> int:
+    if len(payload) != _OFFSET.size:
+        raise AttachProtocolError(f"an offset is 8 bytes, not {len(payload)}")
+    (offset,) = _OFFSET.unpack(payload)
+    return int(offset)
 
 
 def encode_resize(rows: int, cols: int) -> bytes:

@@ -15,6 +15,7 @@ commands:
   monitor   run the per-pod monitor (normally started by rktlet)
   logs      read CRI log files: tail, follow, since, merged containers
   attach    attach to a running app's stdio or tty
+  forkserver  (internal) start pods' monitors by fork, for rktlet
 
 Run 'iottymux COMMAND --help' for a command's options.
 """
@@ -23,6 +24,7 @@ COMMANDS = {
     "monitor": "iottymux.monitor_cmd",
     "logs": "iottymux.logs_cmd",
     "attach": "iottymux.attach_cmd",
+    "forkserver": "iottymux.forkserver",
 }
 
 

@@ -184,6 +184,10 @@ class ControlClient:
         """The next message, event or response."""
         if self.events:
             return self.events.pop(0)
+        return self._next_message()
+
+    def _next_message(self) -> dict[str, Any]:
+        """The next message off the socket (events set aside earlier are not looked at)."""
         while not self._backlog:
             data = self._sock.recv(65536)
             if not data:
@@ -195,7 +199,7 @@ class ControlClient:
         """Send a request and return its successful response, or raise ControlError."""
         request_id = self.send(op, **fields)
         while True:
-            message = self.receive()
+            message = self._next_message()
             if message.get("id") == request_id:
                 break
             if "event" in message:

@@ -18,10 +18,12 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from iottymux.forkserver import ForkServer
+
 PR_SET_CHILD_SUBREAPER = 36
 
 
-def _libc() -> Any:
+def load_libc() -> Any:
     import ctypes
 
     return ctypes.CDLL(None, use_errno=True)
@@ -39,7 +41,7 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 
 
-def _tune_malloc(libc: Any) -> None:
+def tune_malloc(libc: Any) -> None:
     # Every read allocates ~1 MiB twice (the read, the framed copy).  By default
     # glibc serves such blocks with mmap, or trims the heap after each free, so
     # every read faults in fresh pages; keep them on the heap instead.  The
@@ -64,7 +66,7 @@ def _heap_trimmer(libc: Any) -> Callable[[], None] | None:
     return trim_heap
 
 
-def _protect_from_oom() -> None:
+def protect_from_oom() -> None:
     # Losing the monitor loses the pod's logs and attach; ask the OOM killer to
     # spare it.  Hosts without CAP_SYS_RESOURCE refuse a lower value: a warning.
     try:
@@ -86,7 +88,14 @@ def _redirect_stdio(run_dir: str) -> None:
     os.close(log)
 
 
-def _serve(run_dir: str, ready_fd: int, *, detached: bool) -> int:
+def serve_monitor(
+    run_dir: str, ready_fd: int, *, detached: bool, libc: Any = None, protect: bool = True
+) -> int:
+    """Run the monitor of ``run_dir`` in this process; ``ready <pid>`` goes to ``ready_fd``.
+
+    ``detached``: this process was forked to be the monitor (by ``--detach`` or the
+    fork server); it leaves its caller's directory, stdio and descriptors behind.
+    """
     from iottymux.monitor import Monitor, run_monitor
 
     os.makedirs(run_dir, mode=0o700, exist_ok=True)
@@ -95,13 +104,18 @@ def _serve(run_dir: str, ready_fd: int, *, detached: bool) -> int:
         _redirect_stdio(run_dir)
         keep = [ready_fd] if ready_fd >= 0 else []
         _close_fds_except(keep)
-    libc = _libc()
-    _tune_malloc(libc)
+    if libc is None:
+        libc = load_libc()
+        tune_malloc(libc)
     _set_subreaper(libc)
-    _protect_from_oom()
+    if protect:
+        protect_from_oom()
+    answered = ready_fd < 0
 
     def ready(monitor: Monitor) -> None:
-        if ready_fd >= 0:
+        nonlocal answered
+        if not answered:
+            answered = True
             os.write(ready_fd, b"ready %d\n" % os.getpid())
             os.close(ready_fd)
         notify_systemd(f"READY=1\nMAINPID={os.getpid()}")
@@ -109,7 +123,7 @@ def _serve(run_dir: str, ready_fd: int, *, detached: bool) -> int:
     try:
         run_monitor(run_dir, ready, on_idle=_heap_trimmer(libc))
     except BaseException as exc:
-        if ready_fd >= 0:
+        if not answered:
             try:
                 os.write(ready_fd, f"error {exc}\n".encode())
             except OSError:
@@ -159,7 +173,7 @@ def _detach(run_dir: str) -> int:
             os.setsid()
             if os.fork() != 0:
                 os._exit(0)
-            code = _serve(run_dir, w, detached=True)
+            code = serve_monitor(run_dir, w, detached=True)
         except BaseException:
             code = 1
         os._exit(code)
@@ -226,22 +240,31 @@ def main(argv: Sequence[str]) -> int:
     run_dir = os.path.abspath(run_dir)
     if detach:
         return _detach(run_dir)
-    return _serve(run_dir, ready_fd, detached=False)
+    return serve_monitor(run_dir, ready_fd, detached=False)
 
 
-def monitor_command(run_dir: str) -> tuple[list[str], dict[str, str]]:
-    """The command line and environment that start a detached monitor.
+def monitor_argv(run_dir: str) -> list[str]:
+    """The command line of a monitor in the foreground (also its title when forked).
 
     ``-S`` skips site-packages (the monitor needs only the standard library and
     this package, found through ``PYTHONPATH``): a faster start, a smaller RSS.
     """
+    return [sys.executable, "-S", "-m", "iottymux", "monitor", "--run-dir", run_dir]
+
+
+def monitor_environment() -> dict[str, str]:
+    """This process's environment, with what a monitor's interpreter needs."""
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ)
     env["PYTHONPATH"] = package_root
     # Every pod starts a monitor: it must load cached bytecode, not recompile.
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    argv = [sys.executable, "-S", "-m", "iottymux", "monitor", "--run-dir", run_dir, "--detach"]
-    return argv, env
+    return env
+
+
+def monitor_command(run_dir: str) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment that start a detached monitor."""
+    return [*monitor_argv(run_dir), "--detach"], monitor_environment()
 
 
 def systemd_running() -> bool:
@@ -271,11 +294,19 @@ def systemd_run_command(run_dir: str, unit: str) -> tuple[list[str], dict[str, s
     return [*runner, *argv], env
 
 
-def start_detached(run_dir: str, timeout: float = 30.0, *, unit: str = "") -> int:
+def start_detached(
+    run_dir: str,
+    timeout: float = 30.0,
+    *,
+    unit: str = "",
+    fork_server: ForkServer | None = None,
+) -> int:
     """Start a monitor for ``run_dir`` that outlives the caller; its pid once it is ready.
 
     Under systemd (and when ``unit`` names the transient unit to use) the monitor runs
-    as its own service; otherwise it double-forks away from the caller.
+    as its own service.  Otherwise it is forked by ``fork_server`` when one is given
+    and can take the request, and else started as a new interpreter that
+    double-forks away from the caller (``iottymux monitor --detach``).
     """
     import subprocess
 
@@ -293,6 +324,17 @@ def start_detached(run_dir: str, timeout: float = 30.0, *, unit: str = "") -> in
             check=True,
         )
         return int(shown.stdout.strip())
+    if fork_server is not None:
+        from iottymux.forkserver import ForkServerUnavailable
+
+        try:
+            return fork_server.start_monitor(run_dir, timeout)
+        except ForkServerUnavailable as exc:
+            import logging
+
+            logging.getLogger("iottymux").warning(
+                "starting the monitor of %s without the fork server: %s", run_dir, exc
+            )
     argv, env = monitor_command(run_dir)
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:

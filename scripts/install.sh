@@ -14,8 +14,10 @@ packages=(python3 python3-venv python3-dev gcc util-linux procps iproute2 e2fspr
 # Only the tests need these: a real local OCI registry and its htpasswd tool.
 test_packages=()
 if ((dev)); then
-    # The peers the benchmarks measure against, and strace for their breakdowns.
-    test_packages=(docker-registry apache2-utils openssl containerd conmon strace criu)
+    # The peers the benchmarks measure against, strace for their breakdowns, the
+    # static C library their log writer (bench/writer.c) is linked with, and criu
+    # (CheckpointContainer reports why it cannot run).
+    test_packages=(docker-registry apache2-utils openssl containerd conmon strace libc6-dev criu)
 fi
 
 missing=()

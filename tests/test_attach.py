@@ -22,8 +22,24 @@ from tests.conftest import MonitorHandle
 PY = sys.executable
 
 
+#: How attachers of the test being run get their output (see the ``transport`` fixture).
+_RING = {"on": False}
+
+
+@pytest.fixture(autouse=True, params=["socket", "ring"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """Every test here runs twice: output by socket, and through the output ring."""
+    _RING["on"] = request.param == "ring"
+    return str(request.param)
+
+
 def attach(monitor: MonitorHandle, app: str, **options: Any) -> AttachClient:
-    return AttachClient(endpoint_path(str(monitor.run_dir), app), **options)
+    options.setdefault("ring", _RING["on"])
+    client = AttachClient(endpoint_path(str(monitor.run_dir), app), **options)
+    # A ring is offered to a ring attacher of a live app (an exited one has no output to come).
+    if options["ring"] and client.ready["state"] != "exited":
+        assert client.ring is not None
+    return client
 
 
 def add_started(
@@ -67,7 +83,9 @@ def test_three_attachers_see_the_same_output(monitor: MonitorHandle, tmp_path: P
     add_started(monitor, tmp_path, "cat", ["cat"])
     clients = [attach(monitor, "cat") for _ in range(3)]
     try:
-        assert all(c.ready == {"tty": False, "stdin": True, "state": "running"} for c in clients)
+        for c in clients:
+            c.ready.pop("ring", None)
+            assert c.ready == {"tty": False, "stdin": True, "state": "running"}
         clients[1].send_stdin(b"hello from the second\n")
         for c in clients:
             assert read_until(c, b"\n") == b"hello from the second\n"

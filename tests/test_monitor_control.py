@@ -222,6 +222,24 @@ def test_exit_event_comes_after_the_log_is_complete(monitor: MonitorHandle, tmp_
         watcher.close()
 
 
+@pytest.mark.timeout(60)
+def test_a_subscribed_client_keeps_events_while_waiting_for_answers(
+    monitor: MonitorHandle, tmp_path: Path
+) -> None:
+    log = tmp_path / "ev.log"
+    # The requesting client is itself subscribed: the exit event arrives on the
+    # same connection, in between answers, and must be set aside, not looped on.
+    monitor.request("subscribe")
+    monitor.request("add", app="ev", command=["true"], log_path=str(log))
+    monitor.request("start", app="ev")
+    final = monitor.request("wait", app="ev")
+    for _ in range(3):
+        assert monitor.request("ping")["ok"] is True
+    event = monitor.client.receive()
+    assert event["event"] == "exited" and event["app"] == "ev"
+    assert event["finished_at"] == final["finished_at"]
+
+
 def test_orphans_of_an_app_are_reparented_and_reaped(
     monitor: MonitorHandle, tmp_path: Path
 ) -> None:
@@ -290,25 +308,46 @@ def test_sigterm_shuts_the_monitor_down_cleanly(tmp_path: Path) -> None:
 # -- detaching and reconnecting --------------------------------------------------
 
 
-def test_monitor_survives_the_death_of_its_starter(tmp_path: Path) -> None:
+#: How a starter gets a detached monitor: as ``iottymux monitor --detach`` does, and
+#: forked by a fork server of its own (the daemon's way), which must die with it.
+STARTERS = {
+    "interpreter": "from iottymux.monitor_cmd import start_detached\n"
+    "print(start_detached(RUN_DIR), 0, flush=True)",
+    "fork server": "from iottymux.forkserver import ForkServer\n"
+    "server = ForkServer()\n"
+    "print(server.start_monitor(RUN_DIR), server.pid, flush=True)",
+}
+
+
+@pytest.mark.parametrize("how", sorted(STARTERS))
+def test_monitor_survives_the_death_of_its_starter(tmp_path: Path, how: str) -> None:
     run_dir = tmp_path / "run"
-    starter_code = textwrap.dedent(f"""
-        import sys, time
-        sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
-        from iottymux.monitor_cmd import start_detached
-        print(start_detached({str(run_dir)!r}), flush=True)
-        time.sleep(3600)
-    """)
+    starter_code = "\n".join(
+        [
+            "import sys, time",
+            f"sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})",
+            f"RUN_DIR = {str(run_dir)!r}",
+            STARTERS[how],
+            "time.sleep(3600)",
+        ]
+    )
     starter = subprocess.Popen(
         [PY, "-c", starter_code], stdout=subprocess.PIPE, text=True, start_new_session=True
     )
     monitor_pid = 0
     try:
         assert starter.stdout is not None
-        monitor_pid = int(starter.stdout.readline())
+        monitor_pid, server_pid = (int(x) for x in starter.stdout.readline().split())
         assert os.getsid(monitor_pid) != os.getsid(starter.pid)
         os.killpg(starter.pid, signal.SIGKILL)
         starter.wait(timeout=10)
+        if server_pid:
+            # The daemon's death is its fork server's: it reads the hang-up and exits.
+            pidfd = os.pidfd_open(server_pid)
+            try:
+                assert select.select([pidfd], [], [], 15)[0], "the fork server outlived its client"
+            finally:
+                os.close(pidfd)
         assert pid_alive(monitor_pid)
         log = tmp_path / "after.log"
         with ControlClient(str(run_dir / "control.sock")) as client:

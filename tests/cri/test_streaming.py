@@ -16,6 +16,7 @@ import pytest
 
 from cri.api import api_pb2
 from cri.network.netns import run_in_netns
+from iottymux.control import ControlClient
 from streaming.client import SpdyExec, SpdyPortForward, spdy_exec
 from tests.cri.conftest import Daemon
 from tests.cri.test_runtime_service import wait_for_port
@@ -182,6 +183,32 @@ def test_attach_ends_when_the_clients_input_ends(daemon: Daemon) -> None:
         api_pb2.ContainerStatusRequest(container_id=container)
     ).status
     assert status.state == api_pb2.ContainerState.CONTAINER_RUNNING
+
+
+def test_attach_output_comes_through_the_monitors_ring_byte_for_byte(daemon: Daemon) -> None:
+    # About 17 MB in 60 paced bursts: more than the ring holds (it wraps), at a
+    # pace the SPDY client keeps up with.
+    script = "read go; for i in $(seq 1 60); do seq 1 50000; sleep 0.05; done; echo end >&2"
+    pod_id, pod_config = daemon.run_pod("ringattach")
+    container = daemon.run_container(
+        pod_id,
+        pod_config,
+        daemon.container_config(
+            "ringattach", "busybox", ["sh", "-c", script], stdin=True, stdin_once=True
+        ),
+    )
+    url = str(
+        daemon.runtime.Attach(
+            api_pb2.AttachRequest(container_id=container, stdin=True, stdout=True, stderr=True)
+        ).url
+    )
+    result = in_netns(daemon, lambda: spdy_exec(url, stdin=b"go\n"))
+    block = b"".join(b"%d\n" % i for i in range(1, 50001))
+    assert result.stdout == block * 60
+    assert result.stderr == b"end\n"
+    with ControlClient(str(daemon.run_dir / "pods" / pod_id / "control.sock")) as monitor:
+        attach = monitor.request("status", app=container)["apps"][0]["attach"]
+    assert attach["ring_sessions"] == 1 and attach["overflow_disconnects"] == 0
 
 
 def test_port_forward_two_connections_and_host_network(daemon: Daemon) -> None:
