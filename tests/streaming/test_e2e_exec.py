@@ -64,6 +64,8 @@ def test_spdy_tty_resize_seen_by_stty() -> None:
         assert session.stdout is not None
         assert await session.stdout.read() == b"24 80\r\n"
         await session.resize(100, 40)
+        # Type only once the size is applied (the transport may reorder the streams).
+        await asyncio.wait_for(runtime.wait_for(lambda: runtime.resizes[-1:] == [(100, 40)]), 10)
         await session.write_stdin(b"\r")
         result = await session.wait(10)
         assert result.stdout.endswith(b"40 100\r\n") and result.exit_code == 0
@@ -329,6 +331,8 @@ def test_websocket_tty_resize() -> None:
         async with ws_connect(ws_url(url), subprotocols=["v4.channel.k8s.io"]) as ws:  # type: ignore[list-item]
             await ws.recv()
             await ws.send(resize)
+            applied = runtime.wait_for(lambda: runtime.resizes[-1:] == [(100, 40)])
+            await asyncio.wait_for(applied, 10)
             await ws.send(b"\x00\r")
             out = b""
             async for message in ws:
