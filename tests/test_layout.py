@@ -112,7 +112,7 @@ def test_find_cycle_sees_a_function_level_import(tmp_path: Path) -> None:
 
 def test_no_import_cycle_in_cri() -> None:
     graph = import_graph("cri")
-    assert "cri.runtime" in graph and "cri.sandboxes" in graph["cri.service"]  # it is real
+    assert "cri.runtime" in graph and "cri.client.main" in graph  # the graph is real
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
@@ -140,6 +140,8 @@ def _layer(module: str) -> int:
     for level, members in enumerate(DAEMON_LAYERS, start=1):
         if module in members:
             return level
+    if module == "cri.client" or module.startswith("cri.client."):
+        return len(DAEMON_LAYERS)  # the client sits beside the daemon, under cli only
     return 0
 
 
@@ -156,6 +158,65 @@ def test_daemon_imports_point_down() -> None:
         if _layer(target) > _layer(source)
     ]
     assert upward == []
+
+
+#: What only the daemon runs.  The client may use the common foundations (the CRI
+#: messages, errors, the image store library for its offline image commands).
+DAEMON_ONLY = (
+    "cri.runtime",
+    "cri.recovery",
+    "cri.service",
+    "cri.server",
+    "cri.sandboxes",
+    "cri.containers",
+    "cri.execs",
+    "cri.stats",
+    "cri.pod_metrics",
+    "cri.streaming_runtime",
+    "cri.metrics",
+    "cri.metrics_server",
+    "cri.monitors",
+    "cri.store",
+    "cri.statuses",
+    "cri.orphans",
+    "cri.events",
+    "cri.cgroups",
+    "cri.config",
+    "cri.network",
+    "cri.oci",
+)
+
+
+def _daemon_only(module: str) -> bool:
+    return any(module == name or module.startswith(name + ".") for name in DAEMON_ONLY)
+
+
+def test_client_source_imports_nothing_of_the_daemon() -> None:
+    graph = import_graph("cri")
+    client = {name: targets for name, targets in graph.items() if name.startswith("cri.client")}
+    assert {"cri.client.pods", "cri.client.apps", "cri.client.images"} <= set(client)
+    assert {
+        (name, target)
+        for name, targets in client.items()
+        for target in targets
+        if _daemon_only(target)
+    } == set()
+
+
+def test_client_loads_nothing_of_the_daemon() -> None:
+    """Imported for real, every client module and all they pull in transitively."""
+    modules = sorted(name for name in module_files("cri") if name.startswith("cri.client"))
+    code = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print('\\n'.join(sorted(sys.modules)))\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "cri.client.main" in loaded and "grpc" in loaded  # it did import the client
+    assert [name for name in loaded if _daemon_only(name)] == []
 
 
 MONITOR_ENTRIES = ["iottymux.monitor_cmd", "iottymux.monitor", "iottymux.forkserver"]
