@@ -240,3 +240,15 @@ def test_monitor_loads_only_stdlib_and_iottymux(entry: str) -> None:
         if name != "__main__" and name.split(".")[0] not in (*sys.stdlib_module_names, "iottymux")
     ]
     assert foreign == []
+
+
+def test_no_import_cycle_in_the_log_reader() -> None:
+    graph = import_graph("iottymux")
+    assert "iottymux.logfollow" in graph["iottymux.logs_cmd"]  # the graph is real
+    logs = {
+        name: {target for target in targets if target.startswith("iottymux.log")}
+        for name, targets in graph.items()
+        if name.startswith("iottymux.log")
+    }
+    cycle = find_cycle(logs)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
