@@ -26,6 +26,7 @@ from cri.client.common import (
     Parser,
     add_verb,
     byte_size,
+    common_options,
     pairs,
     state_name,
 )
@@ -333,6 +334,8 @@ def add_parser(nouns: argparse._SubParsersAction[Parser]) -> None:
         description="Apps (CRI containers) in pods.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EXIT_CODES,
+        # The same options after the verb too (add_verb), as crictl and kubectl take them.
+        parents=[common_options()],
     )
     verbs = app.add_subparsers(dest="verb", metavar="VERB", required=True, parser_class=Parser)
     p = add_verb(

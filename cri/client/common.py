@@ -256,7 +256,8 @@ def state_name(enum: Any, value: int, prefix: str) -> str:
 
 
 def common_options(*, timeout_help: str | None = None) -> Parser:
-    """Options every client command takes, after its verb (defaults live on the root)."""
+    """Options every client command takes, before or after its verb (defaults live on the
+    root: here they are SUPPRESSed so that a later parser never resets an earlier one)."""
     common = Parser(add_help=False)
     group = common.add_argument_group("connection and output")
     group.add_argument(

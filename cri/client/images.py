@@ -20,6 +20,7 @@ from cri.client.common import (
     Client,
     Parser,
     add_verb,
+    common_options,
 )
 from cri.client.output import emit, size, table, to_dict
 
@@ -135,10 +136,13 @@ def add_parser(nouns: argparse._SubParsersAction[Parser]) -> None:
         help="pull, list and remove images through CRI ('import' works on the store)",
         description=(
             "Images through the CRI ImageService.  'rktlet image import FILE' and any "
-            "'rktlet image --root DIR ...' work on the local store instead (no daemon)."
+            "command given --root DIR or --config FILE (before or after its verb) work on "
+            "the local store instead (no daemon)."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EXIT_CODES,
+        # The same options after the verb too (add_verb), as crictl and kubectl take them.
+        parents=[common_options()],
     )
     verbs = image.add_subparsers(dest="verb", metavar="VERB", required=True, parser_class=Parser)
     p = add_verb(

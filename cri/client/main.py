@@ -52,13 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def is_store_image_command(argv: Sequence[str]) -> bool:
-    """Whether ``rktlet image ARGS`` is a store command (:mod:`cri.client.image_store`)."""
-    for arg in argv:
-        if arg in ("--root", "--config") or arg.startswith(("--root=", "--config=")):
-            return True
-        if not arg.startswith("-"):
-            return arg == "import"
-    return False
+    """Whether ``rktlet image ARGS`` is a store command (:mod:`cri.client.image_store`):
+    ``import``, or any verb given ``--root`` or ``--config``, before or after it."""
+    words = list(argv[: argv.index("--")] if "--" in argv else argv)
+    if any(w in ("--root", "--config") or w.startswith(("--root=", "--config=")) for w in words):
+        return True
+    verb = next((w for w in words if not w.startswith("-")), None)
+    return verb == "import"
 
 
 def main(argv: Sequence[str], out: TextIO | None = None) -> int:

@@ -18,6 +18,7 @@ from cri.client.common import (
     CliError,
     Parser,
     add_verb,
+    common_options,
     pairs,
     port_mapping,
     state_name,
@@ -163,6 +164,8 @@ def add_parser(nouns: argparse._SubParsersAction[Parser]) -> None:
         description="Pods (CRI pod sandboxes).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EXIT_CODES,
+        # The same options after the verb too (add_verb), as crictl and kubectl take them.
+        parents=[common_options()],
     )
     verbs = pod.add_subparsers(dest="verb", metavar="VERB", required=True, parser_class=Parser)
     p = add_verb(
