@@ -11,6 +11,7 @@ per-pod monitor (stdlib and iottymux only, measured in a fresh interpreter).
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -252,3 +253,22 @@ def test_no_import_cycle_in_the_log_reader() -> None:
     }
     cycle = find_cycle(logs)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_repository_stands_alone() -> None:
+    """Tests, docs and scripts need nothing beside the checkout: a user's clone is all
+    there is.  scripts/test.sh alone may pick up optional tools from a sibling directory,
+    and says so."""
+    outside = re.compile(r"\.\./shared|(?<![\w-])shared/(?:data|docs|tools)\b")
+    files = [REPO / "README.md"]
+    for directory in ("docs", "tests", "scripts"):
+        files += [p for p in (REPO / directory).rglob("*") if p.is_file()]
+    offenders = [
+        f"{path.relative_to(REPO)}:{number}: {line.strip()}"
+        for path in files
+        if "__pycache__" not in path.parts and path != REPO / "scripts" / "test.sh"
+        for number, line in enumerate(path.read_bytes().decode(errors="replace").splitlines(), 1)
+        if outside.search(line)
+    ]
+    assert len(files) > 50
+    assert offenders == [], offenders
