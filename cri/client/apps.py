@@ -32,8 +32,6 @@ from cri.client.common import (
 )
 from cri.client.output import ago, emit, table, to_dict
 
-# -- app ---------------------------------------------------------------------------------
-
 
 def container_table(containers: list[Any], out: TextIO, indent: str = "") -> None:
     rows = [["APP ID", "NAME", "IMAGE", "STATE", "CREATED", "ATTEMPT", "POD ID"]]
@@ -323,7 +321,7 @@ def app_logs(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     return logs_cmd.main(argv)
 
 
-# -- the parser --------------------------------------------------------------------------
+# -- the verbs' parsers ------------------------------------------------------------------
 
 
 def add_parser(nouns: argparse._SubParsersAction[Parser]) -> None:

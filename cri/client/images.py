@@ -24,8 +24,6 @@ from cri.client.common import (
 )
 from cri.client.output import emit, size, table, to_dict
 
-# -- image -------------------------------------------------------------------------------
-
 
 class Spinner:
     """An elapsed-time spinner on a terminal while a call with no progress runs."""
@@ -126,7 +124,7 @@ def image_rm(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     return status
 
 
-# -- the parser --------------------------------------------------------------------------
+# -- the verbs' parsers ------------------------------------------------------------------
 
 
 def add_parser(nouns: argparse._SubParsersAction[Parser]) -> None:

@@ -25,8 +25,6 @@ from cri.client.common import (
 )
 from cri.client.output import ago, emit, table, to_dict
 
-# -- pod ---------------------------------------------------------------------------------
-
 
 def pod_create(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     uid = args.uid or str(uuid.uuid4())
@@ -153,7 +151,7 @@ def pod_rm(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
-# -- the parser --------------------------------------------------------------------------
+# -- the verbs' parsers ------------------------------------------------------------------
 
 
 def add_parser(nouns: argparse._SubParsersAction[Parser]) -> None:
