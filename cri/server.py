@@ -17,6 +17,7 @@ import grpc
 
 from cri.api import api_pb2_grpc
 from cri.config import Config
+from cri.monitors import prestart_fork_server
 from cri.recovery import recover
 from cri.runtime import Runtime
 from cri.service import ImageServicer, RuntimeServicer
@@ -29,6 +30,7 @@ MAX_MESSAGE = 40 << 20  # ExecSync may answer 2 x 16 MiB of output
 async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     runtime = Runtime(config)
     await recover(runtime)
+    await prestart_fork_server()
     front = None
     if config.stream_address:
         from cri.streaming_runtime import StreamingFront
