@@ -39,8 +39,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench._results import update  # noqa: E402
+from iottymux.logfiles import ReadStats  # noqa: E402
 from iottymux.logformat import LineFramer, format_timestamp  # noqa: E402
-from iottymux.logreader import LogSource, ReadOptions, ReadStats, read_lines  # noqa: E402
+from iottymux.logreader import ReadOptions, read_lines  # noqa: E402
+from iottymux.logsegments import LogSource  # noqa: E402
 
 T0 = 1_700_000_000_000_000_000
 READ_SIZE = 64 * 1024

@@ -138,7 +138,7 @@ def check_run(data: bytes, pos: int, end: int, prefix: bytes) -> tuple[bytes, in
     """Like :func:`strip_run` but leaves the prefixes in: ``data[pos + len(prefix):end]``.
 
     For formats that replace each line's record prefix by their own in one pass
-    (:class:`~iottymux.logreader.LineRun` ``prefix``).  Two counting passes prove the
+    (:class:`~iottymux.loglines.LineRun` ``prefix``).  Two counting passes prove the
     run contiguous, at several times the speed of stripping it.
     """
     records = data[pos + len(prefix) : end]

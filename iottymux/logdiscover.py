@@ -1,7 +1,7 @@
 """Finding the containers a selection names under a log root, now and as they come.
 
 :meth:`NodeDiscovery.scan` lists what exists.  :meth:`NodeDiscovery.attach` does the
-same for a :class:`~iottymux.logreader.FollowGroup` and keeps watching, with the
+same for a :class:`~iottymux.logfollow.FollowGroup` and keeps watching, with the
 group's inotify instance: the log root for pod directories, and each wanted pod
 directory for container directories.  Every watch is set *before* its directory is
 listed, so nothing created in between is missed, and a directory seen both in a
@@ -18,7 +18,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from iottymux.logreader import (
+from iottymux.logfollow import FollowGroup
+from iottymux.loginotify import (
     IN_CREATE,
     IN_DELETE,
     IN_DELETE_SELF,
@@ -29,11 +30,9 @@ from iottymux.logreader import (
     IN_MOVED_TO,
     IN_ONLYDIR,
     IN_Q_OVERFLOW,
-    FollowGroup,
     InotifyEvent,
-    LogSource,
-    SourceInfo,
 )
+from iottymux.logsegments import LogSource, SourceInfo
 from iottymux.logselect import (
     LabelLookup,
     PodDir,

@@ -1,6 +1,6 @@
 """Line filters over blocks of lines: ``--include``, ``--exclude``, ``--highlight``.
 
-A block is lines each ending in ``\\n`` (a :class:`~iottymux.logreader.LineRun`'s
+A block is lines each ending in ``\\n`` (a :class:`~iottymux.loglines.LineRun`'s
 data).  The patterns are searched over the whole block, the way grep does, so the
 cost is the regex engine's scan plus work per *matching* line, not a Python step per
 line.  A pattern is meant for one line; compiled with ``re.MULTILINE``, ``^`` and

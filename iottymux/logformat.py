@@ -404,7 +404,7 @@ class LineFramer:
 
 
 # ---------------------------------------------------------------------------
-# Decoding helpers for readers (iottymux.logreader)
+# Decoding helpers for readers (iottymux.logdecode, iottymux.logtime)
 
 
 class TimestampParser:

@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Hashable, Sequence
 from typing import Final
 
-from iottymux.logreader import LineRun
+from iottymux.loglines import LineRun
 
 __all__ = ["MergeWindow"]
 

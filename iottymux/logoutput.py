@@ -1,6 +1,6 @@
 """How ``iottymux logs`` prints lines: raw (with prefixes), JSON, or a template.
 
-Every format works on a :class:`~iottymux.logreader.LineRun` — lines sharing source,
+Every format works on a :class:`~iottymux.loglines.LineRun` — lines sharing source,
 stream and timestamp — so everything but the line itself is formatted once per run,
 and the lines are joined to it with one ``bytes.replace`` of their newlines.  The
 output of a run is byte for byte what formatting its lines one at a time would give
@@ -19,7 +19,9 @@ from typing import Final
 
 from iottymux.logfilter import Highlighter
 from iottymux.logformat import TIMESTAMP_WIDTH
-from iottymux.logreader import LineRun, SourceInfo, fixed_timestamp
+from iottymux.loglines import LineRun
+from iottymux.logsegments import SourceInfo
+from iottymux.logtime import fixed_timestamp
 
 __all__ = [
     "FIELDS",

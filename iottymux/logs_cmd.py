@@ -3,10 +3,10 @@
 Targets are resolved here: files and kubelet directories directly, container ids
 through a running rktlet, and pod patterns, namespaces and label selectors through
 :mod:`iottymux.logselect` and (following) :mod:`iottymux.logdiscover`.  Reading is
-:mod:`iottymux.logreader`; filters are :mod:`iottymux.logfilter`; formats are
-:mod:`iottymux.logoutput`.  Lines travel as runs (lines sharing stream and timestamp)
-from the file to the output, so a whole file is printed with bytes operations over
-blocks, not a Python step per line.
+:mod:`iottymux.logreader` (following: :mod:`iottymux.logfollow`); filters are
+:mod:`iottymux.logfilter`; formats are :mod:`iottymux.logoutput`.  Lines travel as
+runs (lines sharing stream and timestamp) from the file to the output, so a whole
+file is printed with bytes operations over blocks, not a Python step per line.
 """
 
 from __future__ import annotations
@@ -22,8 +22,11 @@ from collections.abc import Callable, Iterable, Sequence
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Final
 
+from iottymux.logfiles import LogReadError, MalformedLine, ReadStats
 from iottymux.logfilter import Highlighter, LineFilter
+from iottymux.logfollow import DEFAULT_MAX_OPEN, FollowGroup, source_key
 from iottymux.logformat import STDERR, STDOUT
+from iottymux.loglines import LineRun, LogLine
 from iottymux.logoutput import (
     HIGHLIGHT,
     RESET,
@@ -34,26 +37,10 @@ from iottymux.logoutput import (
     TemplateError,
     TemplateFormatter,
 )
-from iottymux.logreader import (
-    DEFAULT_MAX_OPEN,
-    DaemonUnavailable,
-    FollowGroup,
-    LineRun,
-    LogLine,
-    LogReadError,
-    LogSource,
-    MalformedLine,
-    ReadOptions,
-    ReadStats,
-    SourceInfo,
-    SourceReader,
-    classify_segment,
-    merge_lines,
-    merge_runs,
-    parse_duration,
-    parse_time_arg,
-    source_key,
-)
+from iottymux.logreader import ReadOptions, SourceReader, merge_lines, merge_runs
+from iottymux.logsegments import LogSource, SourceInfo, classify_segment
+from iottymux.logselect import DaemonUnavailable
+from iottymux.logtime import parse_duration, parse_time_arg
 
 if TYPE_CHECKING:
     from iottymux.logdiscover import NodeDiscovery

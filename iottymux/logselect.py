@@ -19,10 +19,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from iottymux.logreader import DaemonUnavailable
-
 __all__ = [
     "DaemonPods",
+    "DaemonUnavailable",
     "LabelSelector",
     "PodDir",
     "PodPattern",
@@ -30,6 +29,10 @@ __all__ = [
     "SelectionError",
     "pod_dirs",
 ]
+
+
+class DaemonUnavailable(Exception):
+    """A source is known only to the rktlet daemon, and it cannot answer."""
 
 
 class SelectionError(ValueError):

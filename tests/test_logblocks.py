@@ -12,8 +12,10 @@ import random
 import pytest
 
 from iottymux.logblocks import check_run, count_newlines, full_prefix_end, run_end, strip_run
+from iottymux.logdecode import Block, LineDecoder
+from iottymux.logfiles import MalformedLine
 from iottymux.logformat import LineFramer, format_timestamp
-from iottymux.logreader import Block, LineDecoder, LineRun, MalformedLine, expand_runs
+from iottymux.loglines import LineRun, expand_runs
 from tests.test_logreader import Ref, reference
 
 T0 = 1_700_000_000_000_000_000

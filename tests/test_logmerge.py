@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
+from iottymux.loglines import LineRun
 from iottymux.logmerge import MergeWindow
-from iottymux.logreader import LineRun
 
 MS = 1_000_000
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from iottymux.loglines import LineRun
 from iottymux.logoutput import (
     JsonFormatter,
     Labeller,
@@ -14,7 +15,7 @@ from iottymux.logoutput import (
     TemplateFormatter,
     color_of,
 )
-from iottymux.logreader import LineRun, SourceInfo
+from iottymux.logsegments import SourceInfo
 
 TS = b"2024-01-02T03:04:05.000000001Z"
 INFO = SourceInfo("web-1/app", "default", "web-1", "u1", "app")

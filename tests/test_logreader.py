@@ -1,4 +1,5 @@
-"""Tests for iottymux.logreader: real files written by the real framer, and generated ones."""
+"""Tests for the log reader (iottymux.logreader and the modules it reads with): real
+files written by the real framer, and generated ones."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from iottymux import logreader
+from iottymux import logfiles, logfollow, logreader, logsegments, logtime
+from iottymux.logfiles import MalformedLine, ReadStats
+from iottymux.logfollow import FollowGroup
 from iottymux.logformat import (
     DEFAULT_MAX_LINE_SIZE,
     LineFramer,
@@ -20,23 +23,11 @@ from iottymux.logformat import (
     format_timestamp,
     parse_timestamp,
 )
-from iottymux.logreader import (
-    FollowGroup,
-    LogLine,
-    LogSource,
-    MalformedLine,
-    PartialMerger,
-    ReadOptions,
-    ReadStats,
-    RotationTracker,
-    Segment,
-    SourceReader,
-    list_segments,
-    merge_lines,
-    parse_time_arg,
-    read_lines,
-    read_log_file,
-)
+from iottymux.loglines import LogLine, PartialMerger
+from iottymux.logreader import ReadOptions, SourceReader, merge_lines, read_lines, read_log_file
+from iottymux.logrotation import RotationTracker
+from iottymux.logsegments import LogSource, Segment, list_segments
+from iottymux.logtime import parse_time_arg
 
 T0 = 1_700_000_000_000_000_000
 OUT, ERR = b"stdout", b"stderr"
@@ -207,10 +198,9 @@ def test_other_runtimes_formats(tmp_path: Path, case: str) -> None:
 
 def test_offsets_are_normalised_for_timestamps() -> None:
     assert (
-        logreader.fixed_timestamp(b"2024-01-02T05:04:05.5+02:00")
-        == b"2024-01-02T03:04:05.500000000Z"
+        logtime.fixed_timestamp(b"2024-01-02T05:04:05.5+02:00") == b"2024-01-02T03:04:05.500000000Z"
     )
-    assert len(logreader.fixed_timestamp(b"2024-01-02T03:04:06Z")) == 30
+    assert len(logtime.fixed_timestamp(b"2024-01-02T03:04:06Z")) == 30
 
 
 def test_malformed_lines_reported_with_file_and_line(tmp_path: Path) -> None:
@@ -236,6 +226,7 @@ def test_malformed_lines_reported_with_file_and_line(tmp_path: Path) -> None:
 def test_malformed_line_number_is_found_when_reading_from_mid_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(logfiles, "BACKWARD_BLOCK", 128)
     monkeypatch.setattr(logreader, "BACKWARD_BLOCK", 128)
     path = tmp_path / "0.log"
     rt = Runtime(path)
@@ -299,9 +290,12 @@ def random_log(path: Path, records: int, seed: int, dangling: bool = True) -> by
 @pytest.fixture
 def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     # Tiny blocks make every line cross block edges in files of a few kilobytes.
-    monkeypatch.setattr(logreader, "BACKWARD_BLOCK", 61)
-    monkeypatch.setattr(logreader, "FORWARD_BLOCK", 97)
-    monkeypatch.setattr(logreader, "_BISECT_LINEAR", 200)
+    # Each module that reads a size binds its own name for it.
+    for module in (logfiles, logreader):
+        monkeypatch.setattr(module, "BACKWARD_BLOCK", 61)
+    for module in (logfiles, logfollow):
+        monkeypatch.setattr(module, "FORWARD_BLOCK", 97)
+    monkeypatch.setattr(logtime, "_BISECT_LINEAR", 200)
 
 
 @pytest.mark.usefixtures("small_blocks")
@@ -612,7 +606,7 @@ def test_merge_orders_several_containers_by_time(tmp_path: Path) -> None:
 
 
 def seg(name: str, ino: int, gz: bool = False) -> Segment:
-    kind = logreader.classify_segment(name, None)
+    kind = logsegments.classify_segment(name, None)
     assert kind is not None
     return Segment("/d/" + name, kind[0], gz, 0 if gz else ino)
 

@@ -30,7 +30,7 @@ from tests.images.images_helpers import BASIC_USER, IDENTITY_TOKEN, TOKEN_USER  
 
 def _require(binary: str) -> None:
     if shutil.which(binary) is None:
-        pytest.fail(f"{binary} is not installed (see cri/images/REQUIREMENTS.txt / CI setup)")
+        pytest.fail(f"{binary} is not installed (scripts/install.sh installs it)")
 
 
 @pytest.fixture(scope="session", autouse=True)

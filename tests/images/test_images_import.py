@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from cri import cli
+from cri.client.image_store import main as image_main
 from cri.errors import FailedPrecondition, InvalidArgument, NotFound
-from cri.image_cmd import main as image_main
 from cri.images.config import host_platform
 from cri.images.importer import import_archive
 from cri.images.store import DigestMismatch, ImageStore
@@ -139,6 +140,28 @@ def test_cli_import_pull_list_rm(
     config.write_text("[images]\nretries = -1\n")
     assert image_main([*base, "list"]) == 1
     assert "images.retries" in capsys.readouterr().err
+
+
+def test_cli_store_options_after_the_verb(
+    layout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`rktlet image import --root DIR FILE`, through the one `rktlet` entry point."""
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
+    archive = write_docker_archive(
+        layout, "rktlet/pause:latest", "example.test/pause:3", tmp_path / "pause.tar"
+    )
+    assert cli.main(["image", "import", "--root", str(root), str(archive)]) == 0
+    image_id = capsys.readouterr().out.split()[1]
+    assert image_id.startswith("sha256:")
+    assert cli.main(["image", "list", "-q", f"--root={root}"]) == 0
+    assert capsys.readouterr().out.split() == [image_id]
+    # Given twice, the verb's value wins, as argparse does for any option.
+    assert cli.main(["image", "--root", str(elsewhere), "list", "--root", str(root), "-q"]) == 0
+    assert capsys.readouterr().out.split() == [image_id]
+    assert cli.main(["image", "--root", str(elsewhere), "list", "-q"]) == 0
+    assert capsys.readouterr().out.split() == []
+    assert cli.main(["image", "rm", "example.test/pause:3", "--root", str(root)]) == 0
+    assert capsys.readouterr().out.strip() == "removed example.test/pause:3"
 
 
 def test_manager_import_runs_off_the_loop(layout: Path, tmp_path: Path, store: ImageStore) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import getpass
 import sys
 import time
@@ -31,16 +32,15 @@ DEFAULT_CONFIG = Path("/etc/rktlet/config.toml")
 
 def add_subparsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``image`` with its subcommands to a parent parser's subparsers."""
-    image = subparsers.add_parser("image", help="manage images in the local store")
-    image.add_argument(
-        "--root", dest="image_root", type=Path, help=f"rktlet state root (default {DEFAULT_ROOT})"
-    )
-    image.add_argument(
-        "--config", dest="image_config", type=Path, help=f"config file (default {DEFAULT_CONFIG})"
+    image = subparsers.add_parser(
+        "image", help="manage images in the local store", parents=[_store_options(None)]
     )
     sub = image.add_subparsers(dest="image_command", metavar="COMMAND", required=True)
+    # Each verb takes the group's options after it too (`image import --root DIR FILE`);
+    # there they default to SUPPRESS, so that they never undo what came before the verb.
+    add = functools.partial(sub.add_parser, parents=[_store_options(argparse.SUPPRESS)])
 
-    pull = sub.add_parser("pull", help="pull an image from a registry")
+    pull = add("pull", help="pull an image from a registry")
     pull.add_argument("image", help="image reference, e.g. busybox or quay.io/x/y@sha256:…")
     pull.add_argument("--creds", metavar="USER[:PASSWORD]", help="registry credentials")
     pull.add_argument("--identity-token", default="", help="OAuth2 refresh token")
@@ -48,20 +48,40 @@ def add_subparsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     pull.add_argument("-q", "--quiet", action="store_true", help="print only the image id")
     pull.set_defaults(image_handler=_pull)
 
-    lst = sub.add_parser("list", aliases=["ls"], help="list images")
+    lst = add("list", aliases=["ls"], help="list images")
     lst.add_argument("filter", nargs="?", default="", help="show only this image")
     lst.add_argument("-q", "--quiet", action="store_true", help="print only image ids")
     lst.add_argument("--digests", action="store_true", help="show repo digests")
     lst.set_defaults(image_handler=_list)
 
-    rm = sub.add_parser("rm", help="remove images (by id: whole image; by tag/digest: untag)")
+    rm = add("rm", help="remove images (by id: whole image; by tag/digest: untag)")
     rm.add_argument("images", nargs="+")
     rm.set_defaults(image_handler=_rm)
 
-    imp = sub.add_parser("import", help="import an OCI image-layout tar or a docker save tar")
+    imp = add("import", help="import an OCI image-layout tar or a docker save tar")
     imp.add_argument("file", type=Path)
     imp.add_argument("--name", help="name for images the archive leaves unnamed")
     imp.set_defaults(image_handler=_import)
+
+
+def _store_options(default: object) -> argparse.ArgumentParser:
+    """``--root`` and ``--config``, for the ``image`` group and for each of its verbs."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
+        "--root",
+        dest="image_root",
+        type=Path,
+        default=default,
+        help=f"rktlet state root (default {DEFAULT_ROOT})",
+    )
+    options.add_argument(
+        "--config",
+        dest="image_config",
+        type=Path,
+        default=default,
+        help=f"config file (default {DEFAULT_CONFIG})",
+    )
+    return options
 
 
 def _human(n: float) -> str:
