@@ -1,5 +1,8 @@
-"""The ``rktlet`` command: ``serve`` (the CRI daemon), ``pod``/``app``/``image`` (a CRI
-client, :mod:`cri.client_cmd`), ``version``."""
+"""The ``rktlet`` command: ``serve`` (the CRI daemon, :mod:`cri.server`), ``pod``/``app``/
+``image`` (the CRI client, :mod:`cri.client`), ``version``.
+
+One entry point for both sides; each is imported only when chosen, so the client
+never loads the daemon and the daemon never loads the client."""
 
 from __future__ import annotations
 
@@ -37,19 +40,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         or command.startswith("-")
         or (command == "image" and rest and not _store_image(rest))
     ):
-        from cri import client_cmd
+        from cri.client import main as client
 
-        return client_cmd.main(args)
+        return client.main(args)
     if command == "image":
-        from cri import image_cmd
+        from cri.client import image_store
 
-        return image_cmd.main(args)
+        return image_store.main(args)
     print(f"rktlet: unknown command {command!r}", file=sys.stderr)
     return 2
 
 
 def _store_image(rest: list[str]) -> bool:
-    from cri.client_cmd import is_store_image_command
+    from cri.client.main import is_store_image_command
 
     return is_store_image_command(rest)
 

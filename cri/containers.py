@@ -37,14 +37,14 @@ from cri.oci import userns
 from cri.oci._securepath import resolve_in_root
 from cri.oci.image_config import ImageConfig
 from cri.runtime import (
-    CONTAINER_STATES,
     INFRA_APP,
     MONITOR_DIED,
     Runtime,
     labels_match,
+    pod_userns,
     write_private,
 )
-from cri.sandboxes import pod_userns
+from cri.statuses import CONTAINER_STATES, container_status_proto
 from cri.store import ContainerRecord, SandboxRecord, now_ns
 
 log = logging.getLogger("rktlet.containers")
@@ -466,41 +466,6 @@ async def remove_record(rt: Runtime, record: ContainerRecord) -> None:
 # -- Status / List ------------------------------------------------------------------------
 
 
-def container_status_proto(rt: Runtime, record: ContainerRecord) -> api_pb2.ContainerStatus:
-    config = api_pb2.ContainerConfig.FromString(record.config)
-    status = api_pb2.ContainerStatus(
-        id=record.id,
-        metadata=config.metadata,
-        state=CONTAINER_STATES.get(record.state, api_pb2.ContainerState.CONTAINER_UNKNOWN),
-        created_at=record.created_at,
-        started_at=record.started_at,
-        finished_at=record.finished_at,
-        exit_code=record.exit_code if record.state == "exited" else 0,
-        image=api_pb2.ImageSpec(image=record.image, annotations=config.image.annotations),
-        image_ref=record.image_ref,
-        image_id=record.image_id,
-        reason=record.reason if record.state == "exited" else "",
-        message="; ".join(m for m in (record.message, rt.log_drop_message(record.id)) if m),
-        labels=config.labels,
-        annotations=config.annotations,
-        mounts=config.mounts,
-        log_path=record.log_path,
-    )
-    if config.HasField("linux") and config.linux.HasField("resources"):
-        status.resources.linux.CopyFrom(config.linux.resources)
-    for index, image_id in record.info.get("image_volumes", {}).items():
-        # The image a volume mounts, by id; what the client asked for stays beside it.
-        image = status.mounts[int(index)].image
-        if image.image != image_id:
-            image.user_specified_image = image.user_specified_image or image.image
-            image.image = image_id
-    user = record.info.get("user")
-    if user:
-        status.user.linux.uid, status.user.linux.gid = user[0], user[1]
-        status.user.linux.supplemental_groups.extend(user[2])
-    return status
-
-
 def _initial_user(pid: int, container_id: str, given: dict[str, Any]) -> list[Any]:
     """[uid, gid, groups] the created container's process holds, for ContainerStatus.
 
@@ -535,7 +500,9 @@ def process_identity(pid: int, container_id: str) -> tuple[int, int, list[int]] 
 
 async def status(rt: Runtime, request: api_pb2.ContainerStatusRequest) -> Any:
     record = rt.container(request.container_id)
-    response = api_pb2.ContainerStatusResponse(status=container_status_proto(rt, record))
+    response = api_pb2.ContainerStatusResponse(
+        status=container_status_proto(record, rt.log_drop_message(record.id))
+    )
     if request.verbose:
         response.info["info"] = json.dumps(
             {"sandboxID": record.sandbox_id, "state": record.state, **record.info}, sort_keys=True

@@ -1,10 +1,9 @@
-"""The runtime's shared state: stores, monitors, network, events, recovery.
+"""The runtime's shared state: stores, monitors, network, events, monitor deaths.
 
 One :class:`Runtime` lives in the daemon.  The RPC families (``cri.sandboxes``,
-``cri.containers``, ...) are functions over it.  On start it reconnects to
-every pod's monitor, reconciles SQLite with what the monitors report (an app
-that exited while the daemon was down gets its real exit code), and rolls back
-objects a previous daemon left half-created.
+``cri.containers``, ...) are functions over it, and it knows none of them: what
+it publishes it builds with :mod:`cri.statuses`.  Start-up recovery, which needs
+the families' rollbacks, is :mod:`cri.recovery`, one layer up.
 """
 
 from __future__ import annotations
@@ -32,9 +31,11 @@ from cri.images.service import ImageService
 from cri.images.store import ImageStore
 from cri.monitors import MonitorConnection
 from cri.network.cni import CNINetwork
+from cri.oci import userns
 from cri.oci.exec_helper import ExecHelper
 from cri.oci.features import HandlerFeatures, detect_features
 from cri.oci.runc import Runc
+from cri.statuses import container_status_proto, sandbox_status_proto
 from cri.store import ContainerRecord, SandboxRecord, Store
 
 log = logging.getLogger("rktlet.runtime")
@@ -49,13 +50,6 @@ INFRA_APP = "infra"
 
 #: ContainerStatus.reason of a container ended because its pod's monitor died.
 MONITOR_DIED = "MonitorDied"
-
-CONTAINER_STATES = {
-    "creating": api_pb2.ContainerState.CONTAINER_UNKNOWN,
-    "created": api_pb2.ContainerState.CONTAINER_CREATED,
-    "running": api_pb2.ContainerState.CONTAINER_RUNNING,
-    "exited": api_pb2.ContainerState.CONTAINER_EXITED,
-}
 
 
 class Runtime:
@@ -252,7 +246,7 @@ class Runtime:
         if connection is not None and not connection.closed:
             return connection
         record = self.store.get_sandbox(sandbox_id)
-        if record is None or _death_handled(record):
+        if record is None or death_handled(record):
             return None
         if record.info.get("monitor_lost"):  # being handled now, or cut short by a restart
             await self.monitor_died(sandbox_id, int(record.info["monitor_lost"].get("pid", 0)))
@@ -298,7 +292,7 @@ class Runtime:
         connection = self.monitors.pop(sandbox_id, None)
         if connection is not None:
             await connection.close()
-        if record is None or _death_handled(record) or record.state == "creating":
+        if record is None or death_handled(record) or record.state == "creating":
             return  # a pod being created is unwound by RunPodSandbox or by recovery
         metrics.MONITOR_DEATHS.inc()
         log.warning(
@@ -439,16 +433,13 @@ class Runtime:
     def publish(self, record: ContainerRecord, kind: int) -> None:
         if not self.events.subscribers:
             return  # building the statuses costs a store read and two decodes
-        from cri.containers import container_status_proto
-        from cri.sandboxes import sandbox_status_proto
-
         sandbox = self.store.get_sandbox(record.sandbox_id)
         event = api_pb2.ContainerEventResponse(
             container_id=record.id,
             container_event_type=kind,  # type: ignore[arg-type]
             created_at=record.created_at,
-            pod_sandbox_status=sandbox_status_proto(self, sandbox) if sandbox else None,
-            containers_statuses=[container_status_proto(self, record)]
+            pod_sandbox_status=sandbox_status_proto(sandbox) if sandbox else None,
+            containers_statuses=[container_status_proto(record, self.log_drop_message(record.id))]
             if kind != api_pb2.ContainerEventType.CONTAINER_DELETED_EVENT
             else [],
         )
@@ -552,48 +543,6 @@ class Runtime:
 
     # -- start and stop -------------------------------------------------------------
 
-    async def recover(self) -> None:
-        """Reconnect to monitors and reconcile state after a (re)start."""
-        from cri.sandboxes import rollback_half_created
-
-        for sandbox in self.store.list_sandboxes():
-            if sandbox.state == "creating":
-                log.info("rolling back pod %s, left half-created", sandbox.id)
-                await rollback_half_created(self, sandbox)
-                continue
-            apps: dict[str, Any] | None = None
-            if not _death_handled(sandbox):
-                try:
-                    connection = await self.monitor_or_cleanup(sandbox.id)
-                    if connection is not None:
-                        reply = await connection.request("status", timeout=30)
-                        apps = {app["app"]: app for app in reply["apps"]}
-                except Exception as exc:
-                    log.warning("pod %s: cannot reach its monitor: %s", sandbox.id, exc)
-            for record in self.store.list_containers(sandbox.id):
-                if record.state == "creating":
-                    from cri.containers import rollback_container
-
-                    await rollback_container(self, record)
-                    continue
-                if apps is None:
-                    continue
-                app = apps.get(record.id)
-                if app is not None and isinstance(app.get("log"), dict):
-                    self.note_log_stats(record.id, app["log"], announce=False)
-                if app is None:
-                    if record.state in ("created", "running"):
-                        self.record_exit(record, {"exit_code": 255, "message": "lost"})
-                    continue
-                if app["state"] == "exited" and record.state != "exited":
-                    self.record_exit(record, app)
-                elif app["state"] == "running" and record.state == "created":
-                    record.state = "running"
-                    record.started_at = int(app.get("started_at") or 0)
-                    self.store.update_container(record)
-        with contextlib.suppress(Exception):
-            self.rootfs.cleanup_orphans()
-
     async def close(self) -> None:
         """Stop serving; pods and their monitors go on running."""
         for task in list(self._tasks):
@@ -615,7 +564,8 @@ def write_private(path: Path, text: str) -> None:
         f.write(text)
 
 
-def _death_handled(record: SandboxRecord) -> bool:
+def death_handled(record: SandboxRecord) -> bool:
+    """Whether a pod's monitor death was seen to the end (its containers ended)."""
     lost = record.info.get("monitor_lost")
     return isinstance(lost, dict) and bool(lost.get("handled"))
 
@@ -660,6 +610,12 @@ def _lookup(
     if record is None:
         raise NotFound(f"{field}: {kind} {key!r} not found")
     return record
+
+
+def pod_userns(record: SandboxRecord) -> userns.UsernsConfig | None:
+    """The maps of the pod's user namespace, None when it uses the host's."""
+    doc = record.info.get("userns")
+    return userns.UsernsConfig.from_json(doc) if doc else None
 
 
 def labels_match(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:

@@ -28,6 +28,7 @@ from typing import Any
 
 from cri import cgroups, faults, validate
 from cri.api import api_pb2
+from cri.containers import remove_record, stop_record
 from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from cri.monitors import start_monitor
 from cri.network import netns, podfiles
@@ -35,7 +36,8 @@ from cri.oci import spec as oci_spec
 from cri.oci import userns
 from cri.oci.host import detect_host
 from cri.oci.resources import linux_resources
-from cri.runtime import INFRA_APP, Runtime, labels_match, write_private
+from cri.runtime import INFRA_APP, Runtime, labels_match, pod_userns, write_private
+from cri.statuses import container_status_proto, sandbox_status_proto
 from cri.store import SandboxRecord, now_ns
 
 log = logging.getLogger("rktlet.sandboxes")
@@ -151,12 +153,6 @@ async def _check_userns(
                 "pods with a user namespace to reach their root filesystems"
             )
     return pod_userns
-
-
-def pod_userns(record: SandboxRecord) -> userns.UsernsConfig | None:
-    """The maps of the pod's user namespace, None when it uses the host's."""
-    doc = record.info.get("userns")
-    return userns.UsernsConfig.from_json(doc) if doc else None
 
 
 async def _unwind(undo: list[Undo], sandbox_id: str) -> None:
@@ -317,12 +313,6 @@ async def _create(
     rt.store.update_sandbox(record)
 
 
-async def rollback_half_created(rt: Runtime, record: SandboxRecord) -> None:
-    """Undo what a daemon that died during RunPodSandbox had made."""
-    await _teardown(rt, record, remove=True)
-    rt.store.delete_sandbox(record.id)
-
-
 # -- Stop and Remove --------------------------------------------------------------------
 
 
@@ -334,7 +324,7 @@ async def stop(rt: Runtime, request: api_pb2.StopPodSandboxRequest) -> Any:
         return api_pb2.StopPodSandboxResponse()  # idempotent, as CRI asks
     async with rt.lock(record.id):
         record = rt.store.get_sandbox(record.id) or record
-        await _teardown(rt, record, remove=False)
+        await teardown(rt, record, remove=False)
     return api_pb2.StopPodSandboxResponse()
 
 
@@ -346,15 +336,14 @@ async def remove(rt: Runtime, request: api_pb2.RemovePodSandboxRequest) -> Any:
         return api_pb2.RemovePodSandboxResponse()
     async with rt.lock(record.id):
         record = rt.store.get_sandbox(record.id) or record
-        await _teardown(rt, record, remove=True)
+        await teardown(rt, record, remove=True)
         rt.store.delete_sandbox(record.id)
     rt.forget_container(record.id)
     return api_pb2.RemovePodSandboxResponse()
 
 
-async def _teardown(rt: Runtime, record: SandboxRecord, *, remove: bool) -> None:
-    from cri.containers import remove_record, stop_record
-
+async def teardown(rt: Runtime, record: SandboxRecord, *, remove: bool) -> None:
+    """Stop (and with ``remove``, delete) everything of a pod but its record."""
     for container in rt.store.list_containers(record.id):
         if container.state in ("running", "created"):
             await stop_record(rt, container, timeout=0)
@@ -409,50 +398,17 @@ async def _teardown(rt: Runtime, record: SandboxRecord, *, remove: bool) -> None
 # -- Status and List -----------------------------------------------------------------------
 
 
-def sandbox_status_proto(rt: Runtime, record: SandboxRecord) -> api_pb2.PodSandboxStatus:
-    config = api_pb2.PodSandboxConfig.FromString(record.config)
-    ns = config.linux.security_context.namespace_options
-    status = api_pb2.PodSandboxStatus(
-        id=record.id,
-        metadata=config.metadata,
-        state=api_pb2.PodSandboxState.SANDBOX_READY
-        if record.state == "ready"
-        else api_pb2.PodSandboxState.SANDBOX_NOTREADY,
-        created_at=record.created_at,
-        network=api_pb2.PodSandboxNetworkStatus(
-            ip=record.info.get("ip", ""),
-            additional_ips=[api_pb2.PodIP(ip=ip) for ip in record.info.get("additional_ips", [])],
-        ),
-        linux=api_pb2.LinuxPodSandboxStatus(
-            namespaces=api_pb2.Namespace(
-                options=api_pb2.NamespaceOption(
-                    network=ns.network,
-                    pid=ns.pid,
-                    ipc=ns.ipc,
-                    target_id=ns.target_id,
-                    userns_options=ns.userns_options if ns.HasField("userns_options") else None,
-                )
-            )
-        ),
-        labels=config.labels,
-        annotations=config.annotations,
-        runtime_handler=record.runtime_handler,
-    )
-    return status
-
-
 async def status(rt: Runtime, request: api_pb2.PodSandboxStatusRequest) -> Any:
     record = rt.sandbox(request.pod_sandbox_id)
-    response = api_pb2.PodSandboxStatusResponse(status=sandbox_status_proto(rt, record))
+    response = api_pb2.PodSandboxStatusResponse(status=sandbox_status_proto(record))
     if request.verbose:
         response.info["info"] = json.dumps(
             {"state": record.state, "runtimeHandler": record.runtime_handler, **record.info},
             sort_keys=True,
         )
-    from cri.containers import container_status_proto
-
     response.containers_statuses.extend(
-        container_status_proto(rt, c) for c in rt.store.list_containers(record.id)
+        container_status_proto(c, rt.log_drop_message(c.id))
+        for c in rt.store.list_containers(record.id)
     )
     response.timestamp = now_ns()
     return response

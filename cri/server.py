@@ -2,7 +2,7 @@
 
 SIGTERM (or SIGINT) stops serving and closes the daemon's connections; the
 pods, their monitors and containers keep running, and the next daemon picks
-them up (:meth:`cri.runtime.Runtime.recover`).
+them up (:func:`cri.recovery.recover`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import grpc
 
 from cri.api import api_pb2_grpc
 from cri.config import Config
+from cri.recovery import recover
 from cri.runtime import Runtime
 from cri.service import ImageServicer, RuntimeServicer
 
@@ -27,7 +28,7 @@ MAX_MESSAGE = 40 << 20  # ExecSync may answer 2 x 16 MiB of output
 
 async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     runtime = Runtime(config)
-    await runtime.recover()
+    await recover(runtime)
     front = None
     if config.stream_address:
         from cri.streaming_runtime import StreamingFront
@@ -43,7 +44,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         log.info("streaming server on %s", front.server.base_url)
     metrics = None
     if config.metrics_address:
-        from cri.metrics import MetricsServer
+        from cri.metrics_server import MetricsServer
 
         metrics = MetricsServer(runtime, config.metrics_address)
         metrics.start()

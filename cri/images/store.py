@@ -41,10 +41,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from cri.database import open_database
 from cri.errors import FailedPrecondition, InvalidArgument, NotFound
 from cri.images.reference import Reference, is_image_id, parse_digest, parse_reference
 from cri.images.unpack import unpack_layer
-from cri.store import open_database
 
 __all__ = [
     "DigestMismatch",

@@ -194,12 +194,22 @@ def _processes_of(ids: set[str], run_dir: Path, exclude: set[int]) -> list[str]:
 
 def _cgroups_of(ids: set[str]) -> list[str]:
     found = []
-    root = Path("/sys/fs/cgroup")
-    for hierarchy in root.iterdir():
-        for pattern in ("*", "*/*", "*/*/*"):
-            for path in hierarchy.glob(pattern):
-                if path.name in ids or any(i in path.name for i in ids):
-                    found.append(str(path))
+
+    def walk(directory: str, depth: int) -> None:
+        try:
+            entries = [e for e in os.scandir(directory) if e.is_dir(follow_symlinks=False)]
+        except OSError:
+            # Other daemons on the machine (benchmarks, a peer's tests) remove their own
+            # cgroups while we look: a directory gone mid-scan is theirs, not a leak.
+            return
+        for entry in entries:
+            if entry.name in ids or any(i in entry.name for i in ids):
+                found.append(entry.path)
+            if depth < 3:
+                walk(entry.path, depth + 1)
+
+    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        walk(str(hierarchy), 1)
     return found
 
 

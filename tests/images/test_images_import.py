@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from cri.client.image_store import main as image_main
 from cri.errors import FailedPrecondition, InvalidArgument, NotFound
-from cri.image_cmd import main as image_main
 from cri.images.config import host_platform
 from cri.images.importer import import_archive
 from cri.images.store import DigestMismatch, ImageStore
