@@ -525,6 +525,24 @@ def _read_psi(cgroup: str, layout: CgroupLayout, name: str) -> Psi | None:
     return parse_psi(text) if text is not None else None
 
 
+def read_usage(
+    cgroup: str,
+    layout: CgroupLayout,
+    *,
+    previous_cpu: CpuStats | None = None,
+    clock: Callable[[], int] = time.time_ns,
+) -> CgroupStats:
+    """:func:`read_stats` without pids and pressure: all the CRI stats calls report.
+
+    Those calls are polled for every container of the node every few seconds; the
+    five files they would not use are half of what :func:`read_stats` reads.
+    """
+    return CgroupStats(
+        cpu=read_cpu(cgroup, layout, previous_cpu, clock),
+        memory=read_memory(cgroup, layout, clock),
+    )
+
+
 def read_stats(
     cgroup: str,
     layout: CgroupLayout | None = None,

@@ -383,12 +383,39 @@ def _tree_usage(root: Path, only: str) -> tuple[int, int]:
     if not root.is_dir():
         return 0, 0
     for entry in root.iterdir():
-        upper = entry / only
-        if not upper.is_dir():
+        used, count = tree_usage(os.path.join(entry, only))
+        size += used
+        inodes += count
+    return size, inodes
+
+
+def tree_usage(top: str | os.PathLike[str]) -> tuple[int, int]:
+    """Bytes of the files and number of entries below ``top`` (0, 0 if it is no directory).
+
+    What ``os.walk`` counts (entries that cannot be read are skipped; a symlink to a
+    directory counts, and is not followed), in one ``scandir`` per directory, with
+    the sizes from the entries' own ``lstat``: the kubelet asks for the node's
+    writable layers every few seconds.
+    """
+    size = 0
+    inodes = 0
+    pending = [os.fspath(top)]
+    while pending:
+        try:
+            entries = os.scandir(pending.pop())
+        except OSError:
             continue
-        for dirpath, dirnames, filenames in os.walk(upper):
-            inodes += len(dirnames) + len(filenames)
-            for name in filenames:
+        with entries:
+            for entry in entries:
+                inodes += 1
+                try:
+                    is_dir = entry.is_dir()
+                except OSError:
+                    is_dir = False
+                if is_dir:
+                    if not entry.is_symlink():
+                        pending.append(entry.path)
+                    continue
                 with contextlib.suppress(OSError):
-                    size += os.lstat(os.path.join(dirpath, name)).st_size
+                    size += entry.stat(follow_symlinks=False).st_size
     return size, inodes
