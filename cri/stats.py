@@ -7,6 +7,7 @@ the previous CPU sample of every cgroup it was asked about.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from cri import cgroups
@@ -99,8 +100,13 @@ async def container_stats(rt: Runtime, request: api_pb2.ContainerStatsRequest) -
 async def list_container_stats(rt: Runtime, request: api_pb2.ListContainerStatsRequest) -> Any:
     flt = request.filter if request.HasField("filter") else None
     out = []
-    for record in rt.views.containers():
-        if record.state != "running":
+    for listed in rt.views.containers():
+        # A node's worth of cgroup reads and layer walks: let the calls that came
+        # meanwhile (the kubelet's relist, its status polls) through between containers,
+        # and take each container as it is when its turn comes.
+        await asyncio.sleep(0)
+        record = rt.views.get_container(listed.id)
+        if record is None or record.state != "running":
             continue
         if flt is not None:
             if flt.id and not record.id.startswith(flt.id):
@@ -202,8 +208,10 @@ async def pod_sandbox_stats(rt: Runtime, request: api_pb2.PodSandboxStatsRequest
 async def list_pod_sandbox_stats(rt: Runtime, request: api_pb2.ListPodSandboxStatsRequest) -> Any:
     flt = request.filter if request.HasField("filter") else None
     out = []
-    for record in rt.views.sandboxes():
-        if record.state != "ready":
+    for listed in rt.views.sandboxes():
+        await asyncio.sleep(0)  # as in list_container_stats: others' calls go first
+        record = rt.views.get_sandbox(listed.id)
+        if record is None or record.state != "ready":
             continue
         if flt is not None:
             if flt.id and not record.id.startswith(flt.id):
