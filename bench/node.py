@@ -384,9 +384,17 @@ def section_body(now: dict[str, Any], before: dict[str, Any] | None, header: lis
                     f"- {label}: errors {result['errors'] or 'none'}, "
                     f"steps skipped for lateness {result['skipped']}"
                 )
-    if now.get("profile"):
-        parts += ["", "### Where rktlet's daemon spends its CPU (py-spy, this run)", ""]
-        parts += ["```", *now["profile"], "```"]
+    for title, data in runs:
+        if data.get("profile"):
+            parts += [
+                "",
+                f"### {title + ': ' if title else ''}where rktlet's daemon spends its CPU "
+                f"(py-spy, {data['title']})",
+                "",
+                "```",
+                *data["profile"],
+                "```",
+            ]
     return "\n".join(parts)
 
 
@@ -802,7 +810,14 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help=f"write the {SECTION} section of RESULTS.md (default path: bench/RESULTS.md)",
     )
+    parser.add_argument(
+        "--render",
+        type=Path,
+        help="run nothing: write the section from a saved --json (with --before, --results)",
+    )
     args = parser.parse_args(argv)
+    if args.render is not None:
+        return render(args)
     if os.geteuid() != 0:
         print("node.py: needs root (network namespaces, mounts, cgroups)", file=sys.stderr)
         return 2
@@ -827,6 +842,21 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         log("cleaning up")
         cleanups.run()
+
+
+def render(args: argparse.Namespace) -> int:
+    """The section from saved figures (e.g. to put a before run beside an after run)."""
+    data = json.loads(args.render.read_text())
+    if args.title:
+        data["title"] = args.title
+    before = json.loads(args.before.read_text()) if args.before else None
+    body = section_body(data, before, data["header"])
+    print(body)
+    if args.results is not None:
+        from bench._results import update
+
+        update(args.results, {SECTION: body})
+    return 0
 
 
 def _run(args: argparse.Namespace, before: dict[str, Any] | None, cleanups: Any) -> int:

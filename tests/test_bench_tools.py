@@ -192,3 +192,37 @@ def test_the_node_benchmark_runs_in_its_quick_mode(tmp_path: Path) -> None:
     assert data["rktlet"]["errors"] == {}
     assert data["rktlet"]["cpu"]["daemon"] >= 0
     assert "| ContainerStatus |" in done.stdout
+
+
+def test_saved_figures_render_beside_an_earlier_run(tmp_path: Path) -> None:
+    def figures(title: str, p50: float) -> dict[str, object]:
+        result = {
+            "p50": {"ContainerStatus": p50},
+            "p99": {"ContainerStatus": 2 * p50},
+            "cpu": {"daemon": p50},
+            "idle_cpu": {},
+            "errors": {},
+            "skipped": 0,
+        }
+        return {"title": title, "rate": {"ContainerStatus": 30.0}, "description": "how",
+                "header": ["machine: test"], "rktlet": result,
+                "containerd": {**result, "p50": {"ContainerStatus": 1.0}},
+                "profile": [f"{title} profile"]}  # fmt: skip
+
+    (tmp_path / "after.json").write_text(json.dumps(figures("after", 0.5)))
+    (tmp_path / "before.json").write_text(json.dumps(figures("before", 2.0)))
+    results = tmp_path / "RESULTS.md"
+    results.write_text("<!-- begin other -->\nkept\n<!-- end other -->\n")
+    code = node.main(
+        ["--render", str(tmp_path / "after.json"), "--before", str(tmp_path / "before.json"),
+         "--results", str(results)]
+    )  # fmt: skip
+    assert code == 0
+    text = results.read_text()
+    assert section(text, "other") == "kept"
+    body = section(text, node.SECTION)
+    assert body is not None
+    assert body.index("### After: after") < body.index("### Before: before")
+    assert "| ContainerStatus | 30.00 | 0.50 | 1.00 | 1.00 | 1.00 | 0.50x |" in body
+    assert "| ContainerStatus | 30.00 | 2.00 | 4.00 | 1.00 | 4.00 | 2.00x |" in body
+    assert "after profile" in body and "before profile" in body
