@@ -384,6 +384,8 @@ def section_body(now: dict[str, Any], before: dict[str, Any] | None, header: lis
                     f"- {label}: errors {result['errors'] or 'none'}, "
                     f"steps skipped for lateness {result['skipped']}"
                 )
+    if now.get("notes"):
+        parts += ["", "### Notes", "", *[f"- {n}" for n in now["notes"]]]
     for title, data in runs:
         if data.get("profile"):
             parts += [
@@ -811,6 +813,9 @@ def main(argv: list[str] | None = None) -> int:
         help=f"write the {SECTION} section of RESULTS.md (default path: bench/RESULTS.md)",
     )
     parser.add_argument(
+        "--note", action="append", default=[], help="a line for the section's notes"
+    )
+    parser.add_argument(
         "--render",
         type=Path,
         help="run nothing: write the section from a saved --json (with --before, --results)",
@@ -849,6 +854,7 @@ def render(args: argparse.Namespace) -> int:
     data = json.loads(args.render.read_text())
     if args.title:
         data["title"] = args.title
+    data["notes"] = [*data.get("notes", []), *args.note]
     before = json.loads(args.before.read_text()) if args.before else None
     body = section_body(data, before, data["header"])
     print(body)
@@ -924,6 +930,7 @@ def _run(args: argparse.Namespace, before: dict[str, Any] | None, cleanups: Any)
     for label, summaries in runs.items():
         data[label] = combine(summaries)
     data["profile"] = profile_lines
+    data["notes"] = list(args.note)
     data["create_ms"] = {
         n.label: {op: statistics.median(v) for op, v in n.create_ms.items()} for n in nodes
     }
