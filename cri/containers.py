@@ -40,7 +40,6 @@ from cri.runtime import (
     INFRA_APP,
     MONITOR_DIED,
     Runtime,
-    labels_match,
     pod_userns,
     write_private,
 )
@@ -499,9 +498,10 @@ def process_identity(pid: int, container_id: str) -> tuple[int, int, list[int]] 
 
 
 async def status(rt: Runtime, request: api_pb2.ContainerStatusRequest) -> Any:
-    record = rt.container(request.container_id)
+    # Read-only, and asked for every container every few seconds: from the views.
+    record = rt.peek_container(request.container_id)
     response = api_pb2.ContainerStatusResponse(
-        status=container_status_proto(record, rt.log_drop_message(record.id))
+        status=rt.views.container_status(record, rt.log_drop_message(record.id))
     )
     if request.verbose:
         response.info["info"] = json.dumps(
@@ -512,10 +512,22 @@ async def status(rt: Runtime, request: api_pb2.ContainerStatusRequest) -> Any:
 
 async def list_(rt: Runtime, request: api_pb2.ListContainersRequest) -> Any:
     flt = request.filter if request.HasField("filter") else None
+    if flt is None or flt == _NO_FILTER:  # the kubelet's relist, every second
+        return rt.views.unfiltered("ListContainers", lambda: _list_response(rt, None))
+    return _list_response(rt, flt)
+
+
+_NO_FILTER = api_pb2.ContainerFilter()
+
+
+def _list_response(
+    rt: Runtime, flt: api_pb2.ContainerFilter | None
+) -> api_pb2.ListContainersResponse:
+    listing = rt.views.container_listing()
+    items = listing.select(flt.label_selector) if flt is not None else listing.items
     out = []
-    for record in rt.store.list_containers():
-        if record.state == "creating":
-            continue
+    for item in items:
+        record = item.record
         if flt is not None:
             if flt.id and not record.id.startswith(flt.id):
                 continue
@@ -523,23 +535,7 @@ async def list_(rt: Runtime, request: api_pb2.ListContainersRequest) -> Any:
                 continue
             if flt.HasField("state") and CONTAINER_STATES.get(record.state) != flt.state.state:
                 continue
-        config = api_pb2.ContainerConfig.FromString(record.config)
-        if flt is not None and not labels_match(config.labels, flt.label_selector):
-            continue
-        out.append(
-            api_pb2.Container(
-                id=record.id,
-                pod_sandbox_id=record.sandbox_id,
-                metadata=config.metadata,
-                image=api_pb2.ImageSpec(image=record.image),
-                image_ref=record.image_ref,
-                image_id=record.image_id,
-                state=CONTAINER_STATES.get(record.state, api_pb2.ContainerState.CONTAINER_UNKNOWN),
-                created_at=record.created_at,
-                labels=config.labels,
-                annotations=config.annotations,
-            )
-        )
+        out.append(item.message)
     return api_pb2.ListContainersResponse(containers=out)
 
 

@@ -37,6 +37,7 @@ from cri.oci.features import HandlerFeatures, detect_features
 from cri.oci.runc import Runc
 from cri.statuses import container_status_proto, sandbox_status_proto
 from cri.store import ContainerRecord, SandboxRecord, Store
+from cri.views import Views
 
 log = logging.getLogger("rktlet.runtime")
 
@@ -76,6 +77,9 @@ class Runtime:
                     log.warning("cannot make %s mode %o: %s", directory, mode, exc)
         self.runc_root = str(self.run_dir / "runc")
         self.store = Store(self.root / "state.db")
+        #: The records and CRI messages of the store's current state, for the calls the
+        #: kubelet repeats (read-only: changes go through ``store``).
+        self.views = Views(self.store)
         self.image_store = ImageStore(self.root / "images")
         self.images = ImageManager(
             self.image_store, load_images_config({"images": images_document(config)})
@@ -180,6 +184,16 @@ class Runtime:
         return _lookup(
             container_id, field, "container", self.store.get_container, self.store.find_containers
         )
+
+    def peek_sandbox(self, sandbox_id: str, field: str = "pod_sandbox_id") -> SandboxRecord:
+        """:meth:`sandbox` from the views: the same record, to read and not to change."""
+        views = self.views
+        return _lookup(sandbox_id, field, "pod sandbox", views.get_sandbox, views.find_sandboxes)
+
+    def peek_container(self, container_id: str, field: str = "container_id") -> ContainerRecord:
+        """:meth:`container` from the views: the same record, to read and not to change."""
+        views = self.views
+        return _lookup(container_id, field, "container", views.get_container, views.find_containers)
 
     def image_volume_user(self, image_id: str) -> str | None:
         """A container that mounts image ``image_id`` as a volume (RemoveImage refuses)."""

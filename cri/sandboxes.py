@@ -36,8 +36,7 @@ from cri.oci import spec as oci_spec
 from cri.oci import userns
 from cri.oci.host import detect_host
 from cri.oci.resources import linux_resources
-from cri.runtime import INFRA_APP, Runtime, labels_match, pod_userns, write_private
-from cri.statuses import container_status_proto, sandbox_status_proto
+from cri.runtime import INFRA_APP, Runtime, pod_userns, write_private
 from cri.store import SandboxRecord, now_ns
 
 log = logging.getLogger("rktlet.sandboxes")
@@ -399,28 +398,40 @@ async def teardown(rt: Runtime, record: SandboxRecord, *, remove: bool) -> None:
 
 
 async def status(rt: Runtime, request: api_pb2.PodSandboxStatusRequest) -> Any:
-    record = rt.sandbox(request.pod_sandbox_id)
-    response = api_pb2.PodSandboxStatusResponse(status=sandbox_status_proto(record))
+    # Read-only, and asked for every pod every few seconds: from the views.
+    record = rt.peek_sandbox(request.pod_sandbox_id)
+    views = rt.views
+    response = api_pb2.PodSandboxStatusResponse(status=views.sandbox_status(record))
     if request.verbose:
         response.info["info"] = json.dumps(
             {"state": record.state, "runtimeHandler": record.runtime_handler, **record.info},
             sort_keys=True,
         )
     response.containers_statuses.extend(
-        container_status_proto(c, rt.log_drop_message(c.id))
-        for c in rt.store.list_containers(record.id)
+        views.container_status(c, rt.log_drop_message(c.id)) for c in views.containers(record.id)
     )
     response.timestamp = now_ns()
     return response
 
 
 async def list_(rt: Runtime, request: api_pb2.ListPodSandboxRequest) -> Any:
-    records = rt.store.list_sandboxes()
-    items = []
     flt = request.filter if request.HasField("filter") else None
-    for record in records:
-        if record.state == "creating":
-            continue
+    if flt is None or flt == _NO_FILTER:  # the kubelet's relist, every second
+        return rt.views.unfiltered("ListPodSandbox", lambda: _list_response(rt, None))
+    return _list_response(rt, flt)
+
+
+_NO_FILTER = api_pb2.PodSandboxFilter()
+
+
+def _list_response(
+    rt: Runtime, flt: api_pb2.PodSandboxFilter | None
+) -> api_pb2.ListPodSandboxResponse:
+    listing = rt.views.sandbox_listing()
+    items = listing.select(flt.label_selector) if flt is not None else listing.items
+    out = []
+    for item in items:
+        record = item.record
         if flt is not None:
             if flt.id and not record.id.startswith(flt.id):
                 continue
@@ -430,23 +441,8 @@ async def list_(rt: Runtime, request: api_pb2.ListPodSandboxRequest) -> Any:
                 and (flt.state.state == api_pb2.PodSandboxState.SANDBOX_READY) != ready
             ):
                 continue
-        config = api_pb2.PodSandboxConfig.FromString(record.config)
-        if flt is not None and not labels_match(config.labels, flt.label_selector):
-            continue
-        items.append(
-            api_pb2.PodSandbox(
-                id=record.id,
-                metadata=config.metadata,
-                state=api_pb2.PodSandboxState.SANDBOX_READY
-                if record.state == "ready"
-                else api_pb2.PodSandboxState.SANDBOX_NOTREADY,
-                created_at=record.created_at,
-                labels=config.labels,
-                annotations=config.annotations,
-                runtime_handler=record.runtime_handler,
-            )
-        )
-    return api_pb2.ListPodSandboxResponse(items=items)
+        out.append(item.message)
+    return api_pb2.ListPodSandboxResponse(items=out)
 
 
 def _pod_limits(request: api_pb2.UpdatePodSandboxResourcesRequest) -> cgroups.CgroupLimits:

@@ -7,11 +7,13 @@ the previous CPU sample of every cgroup it was asked about.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from cri import cgroups
 from cri.api import api_pb2
-from cri.network.netns import interface_counters
+from cri.images.manager import tree_usage
+from cri.network.netns import interface_counters_via
 from cri.runtime import Runtime, labels_match
 from cri.store import ContainerRecord, SandboxRecord, now_ns
 
@@ -22,7 +24,7 @@ def _u64(value: int | None) -> api_pb2.UInt64Value | None:
 
 def _cgroup_stats(rt: Runtime, cgroups_path: str) -> cgroups.CgroupStats:
     directory = rt.cgroup_dir(cgroups_path)
-    stats = cgroups.read_stats(
+    stats = cgroups.read_usage(
         directory, rt.cgroup_layout, previous_cpu=rt.cpu_samples.get(directory)
     )
     if stats.cpu is not None:
@@ -56,7 +58,7 @@ def _memory(stats: cgroups.CgroupStats) -> api_pb2.MemoryUsage | None:
 
 
 def container_stats_proto(rt: Runtime, record: ContainerRecord) -> api_pb2.ContainerStats:
-    config = api_pb2.ContainerConfig.FromString(record.config)
+    config = rt.views.container_config(record)
     result = api_pb2.ContainerStats(
         attributes=api_pb2.ContainerAttributes(
             id=record.id,
@@ -81,15 +83,7 @@ def container_stats_proto(rt: Runtime, record: ContainerRecord) -> api_pb2.Conta
 
 def writable_layer_usage(rt: Runtime, record: ContainerRecord) -> api_pb2.FilesystemUsage:
     """Bytes and inodes of the container's writable layer (its overlay upper dir)."""
-    upper = rt.rootfs.dir / record.id / "upper"
-    used, inodes = 0, 0
-    for directory, dirs, files in _walk(upper):
-        inodes += len(dirs) + len(files)
-        for name in files:
-            try:
-                used += (upper / directory / name).lstat().st_size
-            except OSError:
-                pass
+    used, inodes = tree_usage(rt.rootfs.dir / record.id / "upper")
     return api_pb2.FilesystemUsage(
         timestamp=now_ns(),
         fs_id=api_pb2.FilesystemIdentifier(mountpoint=str(rt.rootfs.dir)),
@@ -98,30 +92,28 @@ def writable_layer_usage(rt: Runtime, record: ContainerRecord) -> api_pb2.Filesy
     )
 
 
-def _walk(root: Any) -> Any:
-    import os
-
-    for directory, dirs, files in os.walk(root):
-        yield os.path.relpath(directory, root), dirs, files
-
-
 async def container_stats(rt: Runtime, request: api_pb2.ContainerStatsRequest) -> Any:
-    record = rt.container(request.container_id)
+    record = rt.peek_container(request.container_id)
     return api_pb2.ContainerStatsResponse(stats=container_stats_proto(rt, record))
 
 
 async def list_container_stats(rt: Runtime, request: api_pb2.ListContainerStatsRequest) -> Any:
     flt = request.filter if request.HasField("filter") else None
     out = []
-    for record in rt.store.list_containers():
-        if record.state != "running":
+    for listed in rt.views.containers():
+        # A node's worth of cgroup reads and layer walks: let the calls that came
+        # meanwhile (the kubelet's relist, its status polls) through between containers,
+        # and take each container as it is when its turn comes.
+        await asyncio.sleep(0)
+        record = rt.views.get_container(listed.id)
+        if record is None or record.state != "running":
             continue
         if flt is not None:
             if flt.id and not record.id.startswith(flt.id):
                 continue
             if flt.pod_sandbox_id and not record.sandbox_id.startswith(flt.pod_sandbox_id):
                 continue
-            config = api_pb2.ContainerConfig.FromString(record.config)
+            config = rt.views.container_config(record)
             if not labels_match(config.labels, flt.label_selector):
                 continue
         out.append(container_stats_proto(rt, record))
@@ -129,7 +121,7 @@ async def list_container_stats(rt: Runtime, request: api_pb2.ListContainerStatsR
 
 
 def pod_stats_proto(rt: Runtime, record: SandboxRecord) -> api_pb2.PodSandboxStats:
-    config = api_pb2.PodSandboxConfig.FromString(record.config)
+    config = rt.views.sandbox_config(record)
     result = api_pb2.PodSandboxStats(
         attributes=api_pb2.PodSandboxAttributes(
             id=record.id,
@@ -146,9 +138,9 @@ def pod_stats_proto(rt: Runtime, record: SandboxRecord) -> api_pb2.PodSandboxSta
         # The pod's figures: the pod cgroup when the kubelet gave one, else the sum
         # of what runs in it (infra container + containers).
         parent = config.linux.cgroup_parent
-        containers = [c for c in rt.store.list_containers(record.id) if c.state == "running"]
+        containers = [c for c in rt.views.containers(record.id) if c.state == "running"]
         if parent:
-            stats = cgroups.read_stats(
+            stats = cgroups.read_usage(
                 cgroups.pod_cgroup_dir(parent, rt.cgroup_driver), rt.cgroup_layout
             )
             cpu, memory = _cpu(stats), _memory(stats)
@@ -160,7 +152,7 @@ def pod_stats_proto(rt: Runtime, record: SandboxRecord) -> api_pb2.PodSandboxSta
             linux.containers.append(container_stats_proto(rt, container))
         netns = record.info.get("netns")
         if netns:
-            network = _network(str(netns))
+            network = _network(str(netns), int(record.info.get("infra_pid") or 0))
             if network is not None:
                 linux.network.CopyFrom(network)
         infra = record.info.get("cgroups_path", "")
@@ -185,10 +177,10 @@ def _paths(containers: list[ContainerRecord]) -> list[str]:
     return [c.info.get("cgroups_path", "") for c in containers]
 
 
-def _network(netns: str) -> api_pb2.NetworkUsage | None:
+def _network(netns: str, infra_pid: int) -> api_pb2.NetworkUsage | None:
     """The pod's interfaces; the default one is eth0, the one CNI made."""
     try:
-        counters = interface_counters(netns)
+        counters = interface_counters_via(netns, infra_pid)
     except OSError:
         return None  # gone with its pod meanwhile
     usage = api_pb2.NetworkUsage(timestamp=now_ns())
@@ -209,20 +201,22 @@ def _network(netns: str) -> api_pb2.NetworkUsage | None:
 
 
 async def pod_sandbox_stats(rt: Runtime, request: api_pb2.PodSandboxStatsRequest) -> Any:
-    record = rt.sandbox(request.pod_sandbox_id)
+    record = rt.peek_sandbox(request.pod_sandbox_id)
     return api_pb2.PodSandboxStatsResponse(stats=pod_stats_proto(rt, record))
 
 
 async def list_pod_sandbox_stats(rt: Runtime, request: api_pb2.ListPodSandboxStatsRequest) -> Any:
     flt = request.filter if request.HasField("filter") else None
     out = []
-    for record in rt.store.list_sandboxes():
-        if record.state != "ready":
+    for listed in rt.views.sandboxes():
+        await asyncio.sleep(0)  # as in list_container_stats: others' calls go first
+        record = rt.views.get_sandbox(listed.id)
+        if record is None or record.state != "ready":
             continue
         if flt is not None:
             if flt.id and not record.id.startswith(flt.id):
                 continue
-            config = api_pb2.PodSandboxConfig.FromString(record.config)
+            config = rt.views.sandbox_config(record)
             if not labels_match(config.labels, flt.label_selector):
                 continue
         out.append(pod_stats_proto(rt, record))

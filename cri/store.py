@@ -115,6 +115,8 @@ class Store:
         self._lock = threading.Lock()
         self._db, self.read_only = open_database(path, ("synchronous=FULL",), SCHEMA)
         self._db.row_factory = sqlite3.Row
+        #: Transactions this connection committed (see :meth:`generation`).
+        self._commits = 0
 
     def close(self) -> None:
         self._db.close()
@@ -131,8 +133,20 @@ class Store:
                         self._db.execute("ROLLBACK")
                     raise
                 self._db.execute("COMMIT")
+                self._commits += 1
             except sqlite3.OperationalError as exc:
                 raise self._write_error(exc) from exc
+
+    def generation(self) -> tuple[int, int]:
+        """Changes when anything is committed: by this store, or by another connection.
+
+        What is built from the records (``cri.views``) is good while this stays the
+        same.  SQLite's ``data_version`` moves on commits of *other* connections only,
+        so this store counts its own.
+        """
+        with self._lock:
+            row = self._db.execute("PRAGMA data_version").fetchone()
+            return self._commits, int(row[0])
 
     def _write_error(self, exc: sqlite3.OperationalError) -> Exception:
         """A failed write as the node condition it is (full, read-only, failing disk)."""

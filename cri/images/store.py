@@ -56,6 +56,9 @@ __all__ = [
     "RefKind",
 ]
 
+#: Image references whose lookups are kept (any client may ask for any string).
+_LOOKUPS_KEPT = 256
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
     id TEXT PRIMARY KEY,              -- config digest
@@ -208,6 +211,12 @@ class ImageStore:
         )
         self._leases: Counter[str] = Counter()
         self._layer_locks: dict[str, threading.Lock] = {}
+        #: Transactions this connection committed; with SQLite's ``data_version`` (the
+        #: others', e.g. ``rktlet image import`` while the daemon runs) it dates the
+        #: answers kept below.
+        self._commits = 0
+        self._lookups: dict[str, tuple[tuple[int, int], tuple[ImageRecord, str] | None]] = {}
+        self._listed: tuple[tuple[int, int], list[ImageRecord]] | None = None
 
     def close(self) -> None:
         with self._lock:
@@ -223,6 +232,11 @@ class ImageStore:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+            self._commits += 1
+
+    def _generation(self) -> tuple[int, int]:
+        """Moves with every commit, this connection's or another's (call with the lock)."""
+        return self._commits, int(self._db.execute("PRAGMA data_version").fetchone()[0])
 
     # -- leases ------------------------------------------------------------------------
 
@@ -481,9 +495,16 @@ class ImageStore:
         )
 
     def list_images(self) -> list[ImageRecord]:
+        # The kubelet's image manager lists the node's images every 30 s and its status
+        # every 10 s; between two changes of the store the answer is the same.
         with self._lock:
+            generation = self._generation()
+            if self._listed is not None and self._listed[0] == generation:
+                return list(self._listed[1])
             ids = [r[0] for r in self._db.execute("SELECT id FROM images ORDER BY created, id")]
-        return [rec for i in ids if (rec := self.get_image(i)) is not None]
+            images = [rec for i in ids if (rec := self.get_image(i)) is not None]
+            self._listed = (generation, images)
+        return list(images)
 
     def set_pinned(self, image_id: str, pinned: bool) -> None:
         with self._tx() as db:
@@ -511,6 +532,20 @@ class ImageStore:
         None.  Raises InvalidArgument for a string that is neither an id nor a
         valid reference.
         """
+        # The kubelet asks ImageStatus before every container start: answers are kept
+        # until the store changes (records are immutable; errors are not kept).
+        with self._lock:
+            generation = self._generation()
+            found = self._lookups.get(value)
+            if found is not None and found[0] == generation:
+                return found[1]
+            result = self._lookup(value, field_name)
+            if len(self._lookups) >= _LOOKUPS_KEPT:
+                self._lookups.clear()
+            self._lookups[value] = (generation, result)
+        return result
+
+    def _lookup(self, value: str, field_name: str) -> tuple[ImageRecord, str] | None:
         if not value:
             raise InvalidArgument(f"{field_name}: image is empty")
         if is_image_id(value) or (len(value) >= 12 and all(c in "0123456789abcdef" for c in value)):

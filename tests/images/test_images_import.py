@@ -178,3 +178,26 @@ def test_manager_import_runs_off_the_loop(layout: Path, tmp_path: Path, store: I
             await manager.aclose()
 
     assert run(body()) == ["docker.io/library/pause:1"]
+
+
+def test_an_import_by_another_process_is_seen_at_once(
+    layout: Path, tmp_path: Path, store: ImageStore
+) -> None:
+    # The daemon keeps its answers to ImageStatus and ListImages until its store
+    # changes; `rktlet image import` writes the same database from another process.
+    assert store.lookup("busybox:offline") is None
+    assert store.list_images() == []
+    archive = write_docker_archive(
+        layout, "rktlet/busybox:latest", "busybox:offline", tmp_path / "busybox.tar"
+    )
+    other = ImageStore(store.root)
+    try:
+        (record,) = import_archive(other, archive, host_platform())
+        found = store.lookup("busybox:offline")
+        assert found is not None and found[0] == record
+        assert store.list_images() == [record]
+        assert other.remove_ref("docker.io/library/busybox:offline", "tag")
+    finally:
+        other.close()
+    assert store.lookup("busybox:offline") is None
+    assert store.list_images() == []
