@@ -72,11 +72,11 @@ class E2EError(RuntimeError):
 
 
 def wait_until(what: str, check: Callable[[], T | None], timeout: float, step: float = 0.2) -> T:
-    """Poll ``check`` until it returns something other than None/False; that value."""
+    """Poll ``check`` until it returns something true; that value."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
-        if value is not None and value is not False:
+        if value:
             return value
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
