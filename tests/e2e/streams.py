@@ -61,7 +61,7 @@ def stream_url(
 
 def port_forward_url(pod: StaticPod, ports: Sequence[int] = ()) -> str:
     url = f"{pod.node.kubelet_url}/portForward/{NAMESPACE}/{pod.full_name}"
-    return url + ("?" + urlencode([("ports", str(p)) for p in ports]) if ports else "")
+    return url + ("?" + urlencode([("port", str(p)) for p in ports]) if ports else "")
 
 
 def ws_url(url: str) -> str:
