@@ -23,14 +23,13 @@ import contextlib
 import json
 import os
 import secrets
-import shutil
 import signal
 import ssl
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import httpx
 
@@ -45,7 +44,6 @@ from bench._cri_peer import (
     make_run_dir,
     python_env,
     remove_cgroup_tree,
-    run_quiet,
     start_registry,
     unmount_under,
     write_conflist,
@@ -97,8 +95,8 @@ class KernelTunables:
     """The kubelet rewrites three host sysctls even with ``protectKernelDefaults: false``;
     they are read before the first kubelet of ours starts and put back after the last."""
 
-    _saved: dict[str, str] = {}
-    _users = 0
+    _saved: ClassVar[dict[str, str]] = {}
+    _users: ClassVar[int] = 0
 
     @classmethod
     def acquire(cls) -> None:
@@ -262,7 +260,9 @@ class Kubelet:
         try:
             wait_until("the kubelet's healthz", healthy, timeout)
         except TimeoutError:
-            raise E2EError("kubelet not healthy; its log ends:\n" + log_tail(self.log_file)) from None
+            raise E2EError(
+                "kubelet not healthy; its log ends:\n" + log_tail(self.log_file)
+            ) from None
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is None:
@@ -313,7 +313,7 @@ class Node:
         self.pycache = pycache
         self.registry: Registry | None = None
         self.runtime: CriDaemon
-        self.kubelet: Kubelet | None = None
+        self.kubelet: Kubelet  # set by start()
         self.crictl_config = base / "crictl.yaml"
         self._cleanups: list[tuple[str, Callable[[], object]]] = []
 
@@ -387,7 +387,7 @@ class Node:
             except Exception as exc:
                 problems.append(f"{what}: {exc!r}")
         self._cleanups.clear()
-        if self.kubelet is not None:
+        if hasattr(self, "kubelet"):
             for _ in range(5):
                 pids = cgroup_pids(self.kubelet.cgroup_root)
                 if not pids:
@@ -399,7 +399,6 @@ class Node:
     # -- restarts ------------------------------------------------------------------------------
 
     def restart_kubelet(self) -> None:
-        assert self.kubelet is not None
         self.kubelet.stop()
         self.kubelet.start()
 
@@ -414,9 +413,7 @@ class Node:
         """Run ``fn`` in a thread inside this node's network namespace."""
         return self.netns.call(fn)
 
-    def http_get(
-        self, url: str, params: Any = None, timeout: float = 30.0
-    ) -> httpx.Response:
+    def http_get(self, url: str, params: Any = None, timeout: float = 30.0) -> httpx.Response:
         def get() -> httpx.Response:
             with httpx.Client(verify=insecure_tls(), timeout=timeout) as client:
                 return client.get(url, params=params)
@@ -531,8 +528,7 @@ class ApiServer:
             # Reach kubelets at the address they report (no DNS for node names here).
             "--kubelet-preferred-address-types",
             "InternalIP",
-            "--allow-privileged",
-            "true",
+            "--allow-privileged=true",
             "--v",
             "1",
         ]
@@ -569,9 +565,12 @@ class ApiServer:
             )
 
         def ready() -> bool:
-            for proc, log_file in ((self.etcd_proc, self.etcd_log), (self.proc, self.log_file)):
+            for what, proc, log_file in (
+                ("etcd", self.etcd_proc, self.etcd_log),
+                ("kube-apiserver", self.proc, self.log_file),
+            ):
                 if proc is not None and proc.poll() is not None:
-                    raise E2EError(f"{proc.args[2]} exited; its log ends:\n{log_tail(log_file)}")
+                    raise E2EError(f"{what} exited; its log ends:\n{log_tail(log_file)}")
             try:
                 reply = self.netns.call(
                     lambda: httpx.get(
@@ -633,7 +632,9 @@ def lone_address(netns: NetNS, ip: str) -> None:
         ["ip", "-n", netns.name, "link", "add", "e2e-node", "type", "veth", "peer", "e2e-nodep"],
         check=True,
     )
-    subprocess.run(["ip", "-n", netns.name, "addr", "add", f"{ip}/32", "dev", "e2e-node"], check=True)
+    subprocess.run(
+        ["ip", "-n", netns.name, "addr", "add", f"{ip}/32", "dev", "e2e-node"], check=True
+    )
     for ifname in ("e2e-node", "e2e-nodep"):
         subprocess.run(["ip", "-n", netns.name, "link", "set", ifname, "up"], check=True)
 
@@ -642,10 +643,23 @@ def link(a: NetNS, a_ip: str, b: NetNS, b_ip: str) -> None:
     """A veth pair between two namespaces, one /24 shared by both ends."""
     name = f"e2e{secrets.token_hex(3)}"
     subprocess.run(
-        ["ip", "link", "add", name, "netns", a.name, "type", "veth", "peer", name,
-         f"{name}p", "netns", b.name],
+        [
+            "ip",
+            "link",
+            "add",
+            name,
+            "netns",
+            a.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            f"{name}p",
+            "netns",
+            b.name,
+        ],
         check=True,
-    )  # fmt: skip
+    )
     for ns, ifname, ip in ((a, name, a_ip), (b, f"{name}p", b_ip)):
         subprocess.run(["ip", "-n", ns.name, "addr", "add", f"{ip}/24", "dev", ifname], check=True)
         subprocess.run(["ip", "-n", ns.name, "link", "set", ifname, "up"], check=True)
@@ -668,18 +682,3 @@ def free_run_dirs(prefix: str) -> None:
     for path in Path("/run").glob(f"{prefix}-*"):
         with contextlib.suppress(OSError):
             path.rmdir()
-
-
-__all__ = [
-    "ApiServer",
-    "E2EError",
-    "Kubelet",
-    "Node",
-    "cleanups",
-    "lone_address",
-    "free_run_dirs",
-    "link",
-    "run_quiet",
-    "shutil",
-    "wait_until",
-]

@@ -14,6 +14,7 @@ Without the binaries (see :mod:`tests.e2e.tools`) every test skips with one reas
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +27,21 @@ from tests.e2e import tools
 from tests.e2e.cluster import ApiServer, Node, cleanups, link, lone_address
 
 RUNTIMES = ("rktlet", "containerd")
+#: Set-ups that failed, by fixture and runtime: later tests fail at once with the same
+#: reason instead of starting everything again.
+_FAILED: dict[tuple[str, str], str] = {}
+
+
+@contextlib.contextmanager
+def _once(what: str, runtime: str) -> Iterator[None]:
+    key = (what, runtime)
+    if key in _FAILED:
+        pytest.fail(f"{what} on {runtime} could not be set up: {_FAILED[key]}")
+    try:
+        yield
+    except Exception as exc:
+        _FAILED[key] = f"{type(exc).__name__}: {exc}"[:2000]
+        raise
 
 
 @pytest.fixture(scope="session")
@@ -85,13 +101,23 @@ def node(
     base = tmp_path_factory.mktemp(f"e2e-{runtime}")
     token = secrets.token_hex(3)
     with cleanups() as steps:
-        netns = NetNS(f"rktlet-e2e-{runtime[0]}").create()
-        steps.append(netns.delete)
-        lone_address(netns, "10.213.1.1")
-        one = _node(base, e2e_tools, runtime, e2e_layout, token=token, suffix="a",
-                    netns=netns, ip="10.213.1.1", subnet="10.214.1.0/24")  # fmt: skip
-        steps.append(one.cleanup)
-        one.start()
+        with _once("node", runtime):
+            netns = NetNS(f"rktlet-e2e-{runtime[0]}").create()
+            steps.append(netns.delete)
+            lone_address(netns, "10.213.1.1")
+            one = _node(
+                base,
+                e2e_tools,
+                runtime,
+                e2e_layout,
+                token=token,
+                suffix="a",
+                netns=netns,
+                ip="10.213.1.1",
+                subnet="10.214.1.0/24",
+            )
+            steps.append(one.cleanup)
+            one.start()
         yield one
 
 
@@ -112,24 +138,39 @@ def cluster(
     base = tmp_path_factory.mktemp(f"e2e-cluster-{runtime}")
     token = secrets.token_hex(3)
     with cleanups() as steps:
-        spaces = []
-        for _ in range(2):
-            netns = NetNS(f"rktlet-e2e-{runtime[0]}").create()
-            steps.append(netns.delete)
-            spaces.append(netns)
-        ips = ["10.213.2.1", "10.213.2.2"]
-        link(spaces[0], ips[0], spaces[1], ips[1])
-        api = ApiServer(base / "api", e2e_tools, spaces[0], ips[0])
-        steps.append(api.stop)
-        api.start()
-        nodes = []
-        for i, (netns, ip) in enumerate(zip(spaces, ips, strict=True)):
-            one = _node(base, e2e_tools, runtime, e2e_layout, token=token, suffix="bc"[i],
-                        netns=netns, ip=ip, subnet=f"10.214.{2 + i}.0/24")  # fmt: skip
-            steps.append(one.cleanup)
-            one.start(kubeconfig=api.kubeconfig)
-            nodes.append(one)
-        for one in nodes:
-            api.kubectl("wait", "--for=condition=Ready", f"node/{one.name}", "--timeout=90s",
-                        timeout=120)  # fmt: skip
+        with _once("cluster", runtime):
+            spaces = []
+            for _ in range(2):
+                netns = NetNS(f"rktlet-e2e-{runtime[0]}").create()
+                steps.append(netns.delete)
+                spaces.append(netns)
+            ips = ["10.213.2.1", "10.213.2.2"]
+            link(spaces[0], ips[0], spaces[1], ips[1])
+            api = ApiServer(base / "api", e2e_tools, spaces[0], ips[0])
+            steps.append(api.stop)
+            api.start()
+            nodes = []
+            for i, (netns, ip) in enumerate(zip(spaces, ips, strict=True)):
+                one = _node(
+                    base,
+                    e2e_tools,
+                    runtime,
+                    e2e_layout,
+                    token=token,
+                    suffix="bc"[i],
+                    netns=netns,
+                    ip=ip,
+                    subnet=f"10.214.{2 + i}.0/24",
+                )
+                steps.append(one.cleanup)
+                one.start(kubeconfig=api.kubeconfig)
+                nodes.append(one)
+            for one in nodes:
+                api.kubectl(
+                    "wait",
+                    "--for=condition=Ready",
+                    f"node/{one.name}",
+                    "--timeout=90s",
+                    timeout=120,
+                )
         yield Cluster(api, nodes)

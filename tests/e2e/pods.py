@@ -21,8 +21,13 @@ NAMESPACE = "default"
 
 
 def container(name: str, image: str, command: list[str], **fields: Any) -> dict[str, Any]:
-    return {"name": name, "image": image, "imagePullPolicy": "IfNotPresent", "command": command,
-            **fields}  # fmt: skip
+    return {
+        "name": name,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": command,
+        **fields,
+    }
 
 
 def shell(name: str, image: str, script: str, **fields: Any) -> dict[str, Any]:
@@ -36,7 +41,6 @@ class StaticPod:
         #: the kubelet's name for it (and the API server's mirror pod's)
         self.full_name = f"{name}-{node.name}"
         self.spec = spec
-        assert node.kubelet is not None
         self.manifest = node.kubelet.static_pod_dir / f"{name}.json"
 
     def write(self) -> None:

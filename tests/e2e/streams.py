@@ -53,9 +53,8 @@ def stream_url(
             query.append((name, "1"))
     if tty:
         query.append(("tty", "1"))
-    return (
-        f"{pod.node.kubelet_url}/{verb}/{NAMESPACE}/{pod.full_name}/{container}?"
-        + urlencode(query)
+    return f"{pod.node.kubelet_url}/{verb}/{NAMESPACE}/{pod.full_name}/{container}?" + urlencode(
+        query
     )
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import gzip
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from tests.e2e.cluster import Node, wait_until
 from tests.e2e.logclients import container_logs, follow
-from tests.e2e.pods import shell, static_pod
+from tests.e2e.pods import StaticPod, shell, static_pod
 
 #: A container that prints ``lines`` then waits for ``/tmp/go`` to print ``after``.
 WAIT_GO = "until [ -e /tmp/go ]; do sleep 0.05; done"
@@ -20,7 +20,7 @@ def _ten_lines(node: Node) -> dict[str, object]:
     return shell("c", node.image("busybox"), "seq 1 10; exec sleep 3600")
 
 
-def _wait_log(pod, container: str, needle: bytes, **params: object) -> bytes:  # type: ignore[no-untyped-def]
+def _wait_log(pod: StaticPod, container: str, needle: bytes, **params: object) -> bytes:
     def check() -> bytes | None:
         out = container_logs(pod, container, **params)
         return out if needle in out else None
@@ -33,27 +33,29 @@ def test_tail_lines(node: Node) -> None:
         _wait_log(pod, "c", b"10\n")
         assert container_logs(pod, "c", tailLines=3) == b"8\n9\n10\n"
         assert container_logs(pod, "c", tailLines=0) == b""
-        assert container_logs(pod, "c", tailLines=100) == b"".join(b"%d\n" % i for i in range(1, 11))
+        assert container_logs(pod, "c", tailLines=100) == b"".join(
+            b"%d\n" % i for i in range(1, 11)
+        )
 
 
 def test_limit_bytes(node: Node) -> None:
     with static_pod(node, "limit", [_ten_lines(node)]) as pod:
         _wait_log(pod, "c", b"10\n")
         assert container_logs(pod, "c", limitBytes=5) == b"1\n2\n3"
-        assert container_logs(pod, "c", limitBytes=1000) == b"".join(b"%d\n" % i for i in range(1, 11))
+        assert container_logs(pod, "c", limitBytes=1000) == b"".join(
+            b"%d\n" % i for i in range(1, 11)
+        )
 
 
 def test_timestamps(node: Node) -> None:
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     with static_pod(node, "stamps", [_ten_lines(node)]) as pod:
         out = _wait_log(pod, "c", b" 10\n", timestamps=True)
-        after = datetime.now(timezone.utc)
-        lines = out.splitlines()
-        assert [TIMESTAMP.match(line).group(2) for line in lines] == [b"%d" % i for i in range(1, 11)]  # type: ignore[union-attr]
-        stamps = [
-            datetime.fromisoformat(TIMESTAMP.match(line).group(1).decode()[:26] + "+00:00")  # type: ignore[union-attr]
-            for line in lines
-        ]
+        after = datetime.now(UTC)
+        matches = [TIMESTAMP.match(line) for line in out.splitlines()]
+        assert all(matches), out
+        assert [m.group(2) for m in matches if m] == [b"%d" % i for i in range(1, 11)]
+        stamps = [datetime.fromisoformat(m.group(1).decode()[:26] + "+00:00") for m in matches if m]
         assert stamps == sorted(stamps)
         assert before.replace(microsecond=0) <= stamps[0] and stamps[-1] <= after
 
@@ -76,8 +78,9 @@ def test_follow_gets_new_lines_and_ends_with_the_container(node: Node) -> None:
         "echo first; until [ -e /tmp/go ]; do sleep 0.05; done; echo second;"
         " until [ -e /tmp/end ]; do sleep 0.05; done; echo last"
     )
-    with static_pod(node, "follow", [shell("c", node.image("busybox"), script)],
-                    restartPolicy="Never") as pod:  # fmt: skip
+    with static_pod(
+        node, "follow", [shell("c", node.image("busybox"), script)], restartPolicy="Never"
+    ) as pod:
         container_id = pod.container_id("c")
         stream = follow(pod, "c")
         try:
@@ -97,12 +100,15 @@ def test_previous_after_a_restart(node: Node) -> None:
         "if [ -e /data/ran ]; then echo second run; exec sleep 3600; fi;"
         " touch /data/ran; echo first run; exit 1"
     )
-    container = shell("c", node.image("busybox"), script,
-                      volumeMounts=[{"name": "data", "mountPath": "/data"}])  # fmt: skip
-    with static_pod(node, "previous", [container], running=False,
-                    volumes=[{"name": "data", "emptyDir": {}}]) as pod:  # fmt: skip
-        pod.wait_container("c", lambda s: s.get("restartCount") == 1 and "running" in s["state"],
-                           "running again")  # fmt: skip
+    container = shell(
+        "c", node.image("busybox"), script, volumeMounts=[{"name": "data", "mountPath": "/data"}]
+    )
+    with static_pod(
+        node, "previous", [container], running=False, volumes=[{"name": "data", "emptyDir": {}}]
+    ) as pod:
+        pod.wait_container(
+            "c", lambda s: s.get("restartCount") == 1 and "running" in s["state"], "running again"
+        )
         _wait_log(pod, "c", b"second run\n")
         assert container_logs(pod, "c") == b"second run\n"
         assert container_logs(pod, "c", previous=True) == b"first run\n"
@@ -127,20 +133,22 @@ def test_kubelet_rotation_keeps_every_line_once_in_order(node: Node) -> None:
     script = (
         "i=0; pad=$(printf '%090d' 0);"
         " while [ ! -e /tmp/stop ]; do"
-        "  j=0; while [ $j -lt 30 ]; do i=$((i+1)); j=$((j+1)); echo \"$i $pad\"; done;"
+        '  j=0; while [ $j -lt 30 ]; do i=$((i+1)); j=$((j+1)); echo "$i $pad"; done;'
         "  sleep 0.1;"
-        " done; echo \"end $i\"; exec sleep 3600"
+        ' done; echo "end $i"; exec sleep 3600'
     )
     with static_pod(node, "rotate", [shell("c", node.image("busybox"), script)]) as pod:
-        assert node.kubelet is not None
         log_dir = wait_until(
             "the container's log dir",
-            lambda: next(node.kubelet.pod_logs_dir.glob(f"*_{pod.uid}/c"), None),  # type: ignore[union-attr]
+            lambda: next(node.kubelet.pod_logs_dir.glob(f"*_{pod.uid}/c"), None),
             30,
         )
         wait_until(
             "a compressed and an uncompressed rotated file",
-            lambda: list(log_dir.glob("0.log.*.gz")) and [p for p in log_dir.glob("0.log.*") if p.suffix != ".gz"],
+            lambda: (
+                list(log_dir.glob("0.log.*.gz"))
+                and [p for p in log_dir.glob("0.log.*") if p.suffix != ".gz"]
+            ),
             120,
             step=0.5,
         )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from bench._cri_peer import pids_with_cmdline
 from tests.e2e.cluster import Node, wait_until
@@ -19,15 +18,25 @@ def test_pod_with_several_containers_runs(node: Node) -> None:
         ids = {pod.container_id(n) for n in ("a", "b", "c")}
         assert len(ids) == 3
         for name in ("a", "b", "c"):
-            wait_until(f"{name}'s line", lambda n=name: container_logs(pod, n) == f"I am {n}\n".encode(), 30)  # type: ignore[misc]
+            line = f"I am {name}\n".encode()
+
+            def printed(n: str = name, line: bytes = line) -> bool:
+                return container_logs(pod, n) == line
+
+            wait_until(f"{name}'s line", printed, 30)
         # One sandbox holds them all: the same network namespace in each container.
         netns = {node.crictl("exec", i, "readlink", "/proc/self/ns/net").strip() for i in ids}
         assert len(netns) == 1
 
 
 def test_restart_policy_always_restarts_even_a_clean_exit(node: Node) -> None:
-    with static_pod(node, "always", [shell("c", node.image("busybox"), "echo ran; exit 0")],
-                    running=False, restartPolicy="Always") as pod:  # fmt: skip
+    with static_pod(
+        node,
+        "always",
+        [shell("c", node.image("busybox"), "echo ran; exit 0")],
+        running=False,
+        restartPolicy="Always",
+    ) as pod:
         status = pod.wait_container("c", lambda s: s.get("restartCount", 0) >= 2, "restarted twice")
         assert status["lastState"]["terminated"]["exitCode"] == 0
 
@@ -45,9 +54,16 @@ def test_restart_policy_on_failure_restarts_only_failures(node: Node) -> None:
 
 
 def test_restart_policy_never_leaves_a_failed_pod(node: Node) -> None:
-    with static_pod(node, "never", [shell("c", node.image("busybox"), "echo bye; exit 7")],
-                    running=False, restartPolicy="Never") as pod:  # fmt: skip
-        status = wait_until("phase Failed", lambda: (s := pod.status()).get("phase") == "Failed" and s, 60)
+    with static_pod(
+        node,
+        "never",
+        [shell("c", node.image("busybox"), "echo bye; exit 7")],
+        running=False,
+        restartPolicy="Never",
+    ) as pod:
+        status = wait_until(
+            "phase Failed", lambda: (s := pod.status()).get("phase") == "Failed" and s, 60
+        )
         (container,) = status["containerStatuses"]
         assert container["state"]["terminated"]["exitCode"] == 7
         assert container.get("restartCount", 0) == 0
@@ -80,8 +96,15 @@ def _cgroup_dirs(pid: int) -> list[Path]:
     return dirs
 
 
-def _leftovers(node: Node, ids: set[str], uid: str, pids: list[int], netns: set[str],
-               cgroups: list[Path], roots: list[Path]) -> list[str]:  # fmt: skip
+def _leftovers(
+    node: Node,
+    ids: set[str],
+    uid: str,
+    pids: list[int],
+    netns: set[str],
+    cgroups: list[Path],
+    roots: list[Path],
+) -> list[str]:
     """What of the pod is still there."""
     found: list[str] = []
     found += [f"process {p}" for p in pids if Path(f"/proc/{p}").exists()]
@@ -117,14 +140,16 @@ def test_removed_manifest_leaves_nothing_behind(node: Node) -> None:
         ids = {pod.container_id("a"), pod.container_id("b")}
         sandboxes = node.crictl_json("pods", "--label", f"io.kubernetes.pod.uid={uid}")["items"]
         ids |= {s["id"] for s in sandboxes}
-        pids = [int(node.crictl_json("inspect", i)["info"]["pid"]) for i in ids - {s["id"] for s in sandboxes}]
+        pids = [
+            int(node.crictl_json("inspect", i)["info"]["pid"])
+            for i in ids - {s["id"] for s in sandboxes}
+        ]
         netns = {_net_inode(p) for p in pids}
         cgroups = [d for p in pids for d in _cgroup_dirs(p)]
         assert cgroups and all(uid.replace("-", "_") in str(d) or uid in str(d) for d in cgroups)
-        log_dir = next(node.kubelet.pod_logs_dir.glob(f"*_{uid}"))  # type: ignore[union-attr]
+        log_dir = next(node.kubelet.pod_logs_dir.glob(f"*_{uid}"))
         assert log_dir.is_dir()
         pod.remove()
-        assert node.kubelet is not None
         roots = [node.runtime.base, node.kubelet.root_dir, node.kubelet.pod_logs_dir]
         roots += [Path(p) for p in [getattr(node.runtime, "run_dir", None)] if p]
         # The kubelet stops the pod at once; it removes the sandbox, its log directory and

@@ -17,8 +17,12 @@ def _probe(*command: str) -> dict[str, object]:
 
 
 def test_readiness_probe_follows_the_command(node: Node) -> None:
-    container = shell("c", node.image("busybox"), "exec sleep 3600",
-                      readinessProbe=_probe("test", "-e", "/tmp/ready"))  # fmt: skip
+    container = shell(
+        "c",
+        node.image("busybox"),
+        "exec sleep 3600",
+        readinessProbe=_probe("test", "-e", "/tmp/ready"),
+    )
     with static_pod(node, "ready", [container]) as pod:
         container_id = pod.container_id("c")
         assert pod.container_status("c").get("ready") is False
@@ -31,14 +35,20 @@ def test_readiness_probe_follows_the_command(node: Node) -> None:
 
 
 def test_failing_liveness_probe_restarts_the_container(node: Node) -> None:
-    container = shell("c", node.image("busybox"), "touch /tmp/healthy; exec sleep 3600",
-                      livenessProbe=_probe("cat", "/tmp/healthy"))  # fmt: skip
+    container = shell(
+        "c",
+        node.image("busybox"),
+        "touch /tmp/healthy; exec sleep 3600",
+        livenessProbe=_probe("cat", "/tmp/healthy"),
+    )
     with static_pod(node, "live", [container]) as pod:
         first = pod.container_id("c")
         node.crictl("exec", first, "rm", "/tmp/healthy")
         status = pod.wait_container(
-            "c", lambda s: s.get("restartCount", 0) >= 1 and "running" in s["state"],
-            "restarted and running", 90,
-        )  # fmt: skip
+            "c",
+            lambda s: s.get("restartCount", 0) >= 1 and "running" in s["state"],
+            "restarted and running",
+            90,
+        )
         assert status["lastState"]["terminated"]["containerID"].endswith(first)
         assert pod.container_id("c") != first

@@ -43,8 +43,12 @@ def _same_pod_runs_on(pod: StaticPod, container_id: str, sandboxes: list[str], b
 
 
 def _sandboxes(pod: StaticPod) -> list[str]:
-    return [p["id"] for p in pod.node.crictl_json(
-        "pods", "--label", f"io.kubernetes.pod.uid={pod.uid}")["items"]]  # fmt: skip
+    return [
+        p["id"]
+        for p in pod.node.crictl_json("pods", "--label", f"io.kubernetes.pod.uid={pod.uid}")[
+            "items"
+        ]
+    ]
 
 
 def test_kubelet_restart_recreates_nothing(node: Node) -> None:

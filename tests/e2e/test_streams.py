@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from contextlib import AbstractContextManager
+from functools import partial
 
 from streaming import remotecommand as rc
 from streaming._spdyio import SpdyStream
@@ -25,16 +27,13 @@ SLEEPER = ["sleep", "3600"]
 #: Waits until the terminal is 40x100 (the resize reached it), then answers one line.
 #: Until the first resize the terminal is 0x0, which busybox's stty reports as an error.
 WAIT_SIZE = 'until [ "$(stty size 2>/dev/null)" = "40 100" ]; do sleep 0.05; done; echo resized;'
-RESIZED = (
-    WAIT_SIZE +
-    ' read line; echo "got:$line"; exit 3'
-)
+RESIZED = WAIT_SIZE + ' read line; echo "got:$line"; exit 3'
 ECHO_LINES = 'while read line; do echo "echo:$line"; done'
 HTTP_GET = b"GET /index.html HTTP/1.0\r\n\r\n"
 PAGE = b"hello from rktlet httpd\n"
 
 
-def sleeper(node: Node, prefix: str):  # type: ignore[no-untyped-def]
+def sleeper(node: Node, prefix: str) -> AbstractContextManager[StaticPod]:
     return static_pod(node, prefix, [container("c", node.image("busybox"), SLEEPER)])
 
 
@@ -54,7 +53,7 @@ def test_exec_spdy_output_and_exit_codes(node: Node) -> None:
     with sleeper(node, "exec-spdy") as pod:
         for code in (0, 3):
             url = stream_url(pod, "exec", "c", ["sh", "-c", f"echo out; echo err >&2; exit {code}"])
-            result = run(node, lambda u=url: spdy_exec(u, ssl_context=insecure_tls()))  # type: ignore[misc]
+            result = run(node, partial(spdy_exec, url, ssl_context=insecure_tls()))
             assert (result.stdout, result.stderr) == (b"out\n", b"err\n")
             assert result.exit_code == code
         url = stream_url(pod, "exec", "c", ["/no/such/binary"])
@@ -94,7 +93,7 @@ def test_exec_websocket_output_and_exit_codes(node: Node) -> None:
     with sleeper(node, "exec-ws") as pod:
         for code in (0, 5):
             url = stream_url(pod, "exec", "c", ["sh", "-c", f"echo out; echo err >&2; exit {code}"])
-            channels, status = run(node, lambda u=url: ws_exec(u))  # type: ignore[misc]
+            channels, status = run(node, partial(ws_exec, url))
             assert (channels.get(1), channels.get(2)) == (b"out\n", b"err\n")
             assert status.exit_code == code and status.success == (code == 0)
 
@@ -113,7 +112,9 @@ def test_exec_websocket_tty_with_resize(node: Node) -> None:
 
         async def main() -> tuple[bytes, rc.Status]:
             async with ws_connection(url) as ws:
-                await ws_send(ws, rc.Channel.RESIZE, json.dumps({"Width": 100, "Height": 40}).encode())
+                await ws_send(
+                    ws, rc.Channel.RESIZE, json.dumps({"Width": 100, "Height": 40}).encode()
+                )
                 session = WsSession(ws)
                 await session.read_until(lambda s: b"resized\r\n" in s.stdout())
                 await ws_send(ws, rc.Channel.STDIN, b"hello\r")
@@ -128,7 +129,9 @@ def test_exec_websocket_tty_with_resize(node: Node) -> None:
 # -- attach -----------------------------------------------------------------------------------
 
 
-def _attachable(node: Node, prefix: str, script: str, *, tty: bool = False):  # type: ignore[no-untyped-def]
+def _attachable(
+    node: Node, prefix: str, script: str, *, tty: bool = False
+) -> AbstractContextManager[StaticPod]:
     return static_pod(
         node, prefix, [shell("c", node.image("busybox"), script, stdin=True, tty=tty)]
     )
@@ -199,9 +202,11 @@ def test_attach_websocket_stdin(node: Node) -> None:
 # -- port-forward -------------------------------------------------------------------------------
 
 
-def _httpd(node: Node):  # type: ignore[no-untyped-def]
+def _httpd(node: Node) -> AbstractContextManager[StaticPod]:
     return static_pod(
-        node, "httpd", [container("web", node.image("httpd"), ["httpd", "-f", "-p", "80", "-h", "/www"])]
+        node,
+        "httpd",
+        [container("web", node.image("httpd"), ["httpd", "-f", "-p", "80", "-h", "/www"])],
     )
 
 
