@@ -6,8 +6,8 @@ per runtime (pytest groups the tests by runtime and tears one set down before st
 the next):
 
 - ``node``: a standalone kubelet (static pods, no API server) on the runtime;
-- ``cluster``: etcd + kube-apiserver and two registered nodes, each a kubelet and a
-  runtime in a namespace of its own, joined by a veth pair.
+- ``cluster`` (for one module at a time): etcd + kube-apiserver and two registered
+  nodes, each a kubelet and a runtime in a namespace of its own, joined by a veth pair.
 
 Without the binaries (see :mod:`tests.e2e.tools`) every test skips with one reason.
 """
@@ -127,7 +127,7 @@ class Cluster:
     nodes: list[Node]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def cluster(
     runtime: str,
     e2e_tools: tools.Tools,
