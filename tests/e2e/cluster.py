@@ -60,6 +60,13 @@ PAUSE = "rktlet/pause:latest"
 CONTAINER_LOG_LINKS = Path("/var/log/containers")
 #: Host sysctls the kubelet sets for itself (kubelet/cm ``setupKernelTunables``).
 KERNEL_TUNABLES = ("vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops")
+#: Host paths every kubelet makes, deepest first.
+HOST_PATHS = (
+    Path("/var/lib/kubelet/device-plugins/kubelet.sock"),
+    Path("/var/lib/kubelet/device-plugins"),
+    Path("/var/lib/kubelet"),
+    CONTAINER_LOG_LINKS,
+)
 KUBELET_PORT = 10250
 HEALTHZ_PORT = 10248
 APISERVER_PORT = 6443
@@ -91,28 +98,41 @@ def log_tail(path: Path, chars: int = 4000) -> str:
 # -- host state the kubelet touches ----------------------------------------------------------
 
 
-class KernelTunables:
-    """The kubelet rewrites three host sysctls even with ``protectKernelDefaults: false``;
-    they are read before the first kubelet of ours starts and put back after the last."""
+class HostState:
+    """What every kubelet does to the host whatever its configuration, undone after the
+    last kubelet of ours stops: it sets three sysctls (even with
+    ``protectKernelDefaults: false``), and makes ``/var/log/containers`` and its
+    device-plugin socket ``/var/lib/kubelet/device-plugins/kubelet.sock`` (``--root-dir``
+    does not move it)."""
 
-    _saved: ClassVar[dict[str, str]] = {}
+    _sysctls: ClassVar[dict[str, str]] = {}
+    _made: ClassVar[list[Path]] = []
     _users: ClassVar[int] = 0
 
     @classmethod
     def acquire(cls) -> None:
         if cls._users == 0:
-            cls._saved = {
+            cls._sysctls = {
                 name: (Path("/proc/sys") / name).read_text().strip() for name in KERNEL_TUNABLES
             }
+            # Deepest first: the order they are removed in.
+            cls._made = [p for p in HOST_PATHS if not p.exists()]
         cls._users += 1
 
     @classmethod
     def release(cls) -> None:
         cls._users -= 1
-        if cls._users == 0:
-            for name, value in cls._saved.items():
-                with contextlib.suppress(OSError):
-                    (Path("/proc/sys") / name).write_text(value + "\n")
+        if cls._users:
+            return
+        for name, value in cls._sysctls.items():
+            with contextlib.suppress(OSError):
+                (Path("/proc/sys") / name).write_text(value + "\n")
+        for path in cls._made:
+            with contextlib.suppress(OSError):
+                if path.is_socket():
+                    path.unlink()
+                elif path.is_dir():
+                    path.rmdir()  # only when empty: nothing else uses it
 
 
 def make_cgroup_root(relative: str) -> None:
@@ -211,6 +231,8 @@ class Kubelet:
             "syncFrequency": "5s",
             "nodeStatusUpdateFrequency": "4s",
             "serializeImagePulls": False,
+            # Not /usr/libexec/kubernetes/kubelet-plugins/volume/exec, which it would make.
+            "volumePluginDir": str(self.root_dir / "volume-plugins"),
         }
 
     def write_config(self) -> None:
@@ -240,7 +262,7 @@ class Kubelet:
     def start(self, timeout: float = 90.0) -> None:
         make_cgroup_root(self.cgroup_root)
         self.node.runtime.cgroup_parents.add(self.cgroup_root)
-        KernelTunables.acquire()
+        HostState.acquire()
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(
                 self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log
@@ -264,7 +286,9 @@ class Kubelet:
                 "kubelet not healthy; its log ends:\n" + log_tail(self.log_file)
             ) from None
 
-    def stop(self, sig: int = signal.SIGTERM) -> None:
+    def stop(
+        self, sig: int = signal.SIGTERM, *, before_release: Callable[[], None] | None = None
+    ) -> None:
         if self.proc is None:
             return
         if self.proc.poll() is None:
@@ -275,12 +299,20 @@ class Kubelet:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
-        KernelTunables.release()
+        try:
+            if before_release is not None:
+                before_release()
+        finally:
+            HostState.release()
 
     def cleanup(self) -> None:
-        self.stop()
-        unmount_under([self.root_dir])
-        remove_log_links(self.pod_logs_dir)
+        def remove() -> None:
+            unmount_under([self.root_dir])
+            remove_log_links(self.pod_logs_dir)
+
+        # Its links go before the host state is put back (that removes an empty
+        # /var/log/containers the first kubelet made).
+        self.stop(before_release=remove)
 
 
 class Node:

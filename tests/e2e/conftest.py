@@ -24,7 +24,7 @@ import pytest
 
 from bench._cri_peer import NetNS
 from tests.e2e import tools
-from tests.e2e.cluster import ApiServer, Node, cleanups, link, lone_address
+from tests.e2e.cluster import ApiServer, Node, cleanups, link, lone_address, wait_until
 
 RUNTIMES = ("rktlet", "containerd")
 #: Set-ups that failed, by fixture and runtime: later tests fail at once with the same
@@ -166,6 +166,11 @@ def cluster(
                 one.start(kubeconfig=api.kubeconfig)
                 nodes.append(one)
             for one in nodes:
+                # A kubelet registers in the background; "wait" fails on an unknown node.
+                def registered(name: str = one.name) -> bool:
+                    return api.kubectl("get", "node", name, check=False).returncode == 0
+
+                wait_until(f"node {one.name} registered", registered, 90, step=0.5)
                 api.kubectl(
                     "wait",
                     "--for=condition=Ready",
