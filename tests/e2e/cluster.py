@@ -115,8 +115,10 @@ class HostState:
             cls._sysctls = {
                 name: (Path("/proc/sys") / name).read_text().strip() for name in KERNEL_TUNABLES
             }
-            # Deepest first: the order they are removed in.
-            cls._made = [p for p in HOST_PATHS if not p.exists()]
+            # Kept across a restart (users back to 0 while the links are still there);
+            # deepest first, the order they are removed in.
+            made = {p for p in HOST_PATHS if not p.exists()} | set(cls._made)
+            cls._made = [p for p in HOST_PATHS if p in made]
         cls._users += 1
 
     @classmethod
@@ -262,11 +264,15 @@ class Kubelet:
     def start(self, timeout: float = 90.0) -> None:
         make_cgroup_root(self.cgroup_root)
         self.node.runtime.cgroup_parents.add(self.cgroup_root)
-        HostState.acquire()
-        with open(self.log_file, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log
-            )
+        HostState.acquire()  # before the kubelet runs: it changes the host at once
+        try:
+            with open(self.log_file, "ab") as log:
+                self.proc = subprocess.Popen(
+                    self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log
+                )
+        except BaseException:
+            HostState.release()
+            raise
 
         def healthy() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
