@@ -13,8 +13,8 @@ started with it register, and :meth:`ApiServer.kubectl` runs kubectl as a person
 
 Teardown removes what was made even after a failure: pods through CRI, the daemons,
 then by force whatever is left (bench/_cri_peer.py's clean-up), the kubelet's mounts,
-its ``/var/log/containers`` links, the cgroup roots, the namespaces, and the host
-sysctls the kubelet rewrites are put back.
+its ``/var/log/containers`` links, the cgroup roots and the namespaces; and
+:class:`HostState` puts back what every kubelet changes on the host.
 """
 
 from __future__ import annotations
@@ -713,10 +713,3 @@ def cleanups() -> Iterator[list[Callable[[], object]]]:
         for step in reversed(steps):
             with contextlib.suppress(Exception):
                 step()
-
-
-def free_run_dirs(prefix: str) -> None:
-    """Run dirs of ours a crashed earlier session left (empty ones only)."""
-    for path in Path("/run").glob(f"{prefix}-*"):
-        with contextlib.suppress(OSError):
-            path.rmdir()

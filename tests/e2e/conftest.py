@@ -3,7 +3,7 @@
 Every test runs twice, against rktlet and against Debian's containerd 1.6, to show it
 checks the kubelet's contract rather than rktlet's habits.  The nodes are started once
 per runtime (pytest groups the tests by runtime and tears one set down before starting
-the next):
+the next; the last goes when the package's tests end):
 
 - ``node``: a standalone kubelet (static pods, no API server) on the runtime;
 - ``cluster`` (for one module at a time): etcd + kube-apiserver and two registered
@@ -59,7 +59,9 @@ def e2e_layout(e2e_tools: tools.Tools, tmp_path_factory: pytest.TempPathFactory)
     return build_all(tmp_path_factory.mktemp("e2e-images") / "layout")
 
 
-@pytest.fixture(scope="session", params=RUNTIMES)
+# Package scope: everything goes when the suite ends, not at the end of a whole test
+# session that goes on with other packages (the kubelet changes host sysctls).
+@pytest.fixture(scope="package", params=RUNTIMES)
 def runtime(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -90,7 +92,7 @@ def _node(
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def node(
     runtime: str,
     e2e_tools: tools.Tools,
