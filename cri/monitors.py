@@ -29,8 +29,8 @@ from cri.errors import (
     RktletError,
     Unavailable,
 )
-from iottymux.forkserver import ForkServer
-from iottymux.monitor_cmd import start_detached
+from iottymux.forkserver import ForkServer, ForkServerUnavailable
+from iottymux.monitor_cmd import start_detached, systemd_running
 
 log = logging.getLogger("rktlet.monitors")
 
@@ -231,6 +231,23 @@ def fork_server() -> ForkServer | None:
         # Closing our end is what tells it to exit; a killed daemon closes it too.
         atexit.register(_fork_server.close)
     return _fork_server
+
+
+async def prestart_fork_server() -> None:
+    """Start the fork server with the daemon where monitors will be forked from it.
+
+    The first RunPodSandbox then costs a fork, not an interpreter start, and the
+    daemon's descriptors are the same before and after its first pod.
+    """
+    if systemd_running() and os.environ.get("RKTLET_NO_SYSTEMD") != "1":
+        return  # monitors run as transient units; a fork server would sit idle
+    server = fork_server()
+    if server is None:
+        return
+    try:
+        await asyncio.to_thread(server.start)
+    except ForkServerUnavailable as exc:
+        log.warning("%s; monitors will start as new interpreters until it can", exc)
 
 
 async def start_monitor(run_dir: str, sandbox_id: str = "") -> int:

@@ -17,6 +17,7 @@ import grpc
 
 from cri.api import api_pb2_grpc
 from cri.config import Config
+from cri.monitors import prestart_fork_server
 from cri.runtime import Runtime
 from cri.service import ImageServicer, RuntimeServicer
 
@@ -28,6 +29,7 @@ MAX_MESSAGE = 40 << 20  # ExecSync may answer 2 x 16 MiB of output
 async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     runtime = Runtime(config)
     await runtime.recover()
+    await prestart_fork_server()
     front = None
     if config.stream_address:
         from cri.streaming_runtime import StreamingFront

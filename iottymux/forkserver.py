@@ -254,6 +254,13 @@ class ForkServer:
             raise ForkServerUnavailable("the fork server or its child died before the monitor ran")
         raise MonitorStartError(f"unexpected answer from the monitor: {answer!r}")
 
+    def start(self) -> None:
+        """Start the fork server now, if none runs, so the first pod does not wait for it."""
+        with self._lock:
+            if self._sock is None or self._proc is None or self._proc.poll() is not None:
+                self._stop_locked()
+                self._start_locked()
+
     def close(self) -> None:
         """Stop the fork server (monitors it started go on running)."""
         with self._lock:

@@ -71,6 +71,37 @@ def test_version_and_status(daemon: Daemon) -> None:
     assert config.linux.cgroup_driver == api_pb2.CgroupDriver.CGROUPFS
 
 
+def _children(pid: int) -> list[list[str]]:
+    argvs = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            if ppid == pid:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    argvs.append([a.decode() for a in f.read().split(b"\0") if a])
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # exited while we looked
+    return argvs
+
+
+def test_fork_server_runs_from_start_so_the_first_pod_changes_no_descriptor(
+    daemon: Daemon,
+) -> None:
+    assert daemon.proc is not None
+    pid = daemon.proc.pid
+    # Ready means serving, and serving means the fork server is already up: the
+    # first RunPodSandbox forks a monitor instead of waiting for an interpreter.
+    assert any("forkserver" in argv for argv in _children(pid)), _children(pid)
+    before = sorted(os.listdir(f"/proc/{pid}/fd"), key=int)
+    pod_id, _ = daemon.run_pod("first")
+    daemon.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+    daemon.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+    assert len(os.listdir(f"/proc/{pid}/fd")) == len(before)
+
+
 def test_pod_and_container_lifecycle_with_logs(daemon: Daemon) -> None:
     pod_id, pod_config = daemon.run_pod("life")
     pod = daemon.runtime.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(pod_sandbox_id=pod_id))

@@ -193,13 +193,28 @@ def _processes_of(ids: set[str], run_dir: Path, exclude: set[int]) -> list[str]:
 
 
 def _cgroups_of(ids: set[str]) -> list[str]:
-    found = []
-    root = Path("/sys/fs/cgroup")
-    for hierarchy in root.iterdir():
-        for pattern in ("*", "*/*", "*/*/*"):
-            for path in hierarchy.glob(pattern):
-                if path.name in ids or any(i in path.name for i in ids):
-                    found.append(str(path))
+    """Cgroup directories (three levels deep) whose names carry one of ``ids``.
+
+    Walked with scandir, not glob: other daemons on the machine (and this one, for
+    containers it is still removing) delete cgroups while we look, and a directory
+    gone between listing and entering it is simply not there.
+    """
+    found: list[str] = []
+
+    def walk(path: str, depth: int) -> None:
+        try:
+            entries = [e for e in os.scandir(path) if e.is_dir(follow_symlinks=False)]
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for entry in entries:
+            if any(i in entry.name for i in ids):
+                found.append(entry.path)
+            if depth < 3:
+                walk(entry.path, depth + 1)
+
+    for hierarchy in os.scandir("/sys/fs/cgroup"):
+        if hierarchy.is_dir(follow_symlinks=False):
+            walk(hierarchy.path, 1)
     return found
 
 
