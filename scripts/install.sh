@@ -16,8 +16,10 @@ test_packages=()
 if ((dev)); then
     # The peers the benchmarks measure against, strace for their breakdowns, the
     # static C library their log writer (bench/writer.c) is linked with, and criu
-    # (CheckpointContainer reports why it cannot run).
-    test_packages=(docker-registry apache2-utils openssl containerd conmon strace libc6-dev criu)
+    # (CheckpointContainer reports why it cannot run), and etcd for the API server of
+    # the kubelet end-to-end suite.
+    test_packages=(docker-registry apache2-utils openssl containerd conmon strace libc6-dev criu
+                   etcd-server)
 fi
 
 missing=()
