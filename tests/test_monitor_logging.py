@@ -300,7 +300,14 @@ def test_full_filesystem_drops_and_recovers_without_blocking_the_app(
         log_stats = status["log"]
         assert log_stats["dropped_lines"] > 0
         assert log_stats["dropped_bytes"] > 0
-        assert log_stats["last_error"].startswith("ENOSPC")
+        assert log_stats["write_errors"] > 0 and log_stats["drop_episodes"] >= 1
+        # The error is cleared once a write succeeds again, and one can before the
+        # filler goes: cutting a half-written batch back out frees room for a small
+        # last batch. So the error is ENOSPC, or gone with the episode it belonged to.
+        if log_stats["dropping"]:
+            assert log_stats["last_error"].startswith("ENOSPC"), log_stats
+        else:
+            assert log_stats["last_error"] == "", log_stats
         assert status["state"] == "running"
         written = records(log)  # every record in the file is whole
         assert 0 < len(written) < 60000
