@@ -59,15 +59,20 @@ def container_status_proto(
     return status
 
 
+def sandbox_state(record: SandboxRecord) -> api_pb2.PodSandboxState:
+    """The CRI state of a stored pod: only a pod recorded ready is READY."""
+    if record.state == "ready":
+        return api_pb2.PodSandboxState.SANDBOX_READY
+    return api_pb2.PodSandboxState.SANDBOX_NOTREADY
+
+
 def sandbox_status_proto(record: SandboxRecord) -> api_pb2.PodSandboxStatus:
     config = api_pb2.PodSandboxConfig.FromString(record.config)
     ns = config.linux.security_context.namespace_options
     status = api_pb2.PodSandboxStatus(
         id=record.id,
         metadata=config.metadata,
-        state=api_pb2.PodSandboxState.SANDBOX_READY
-        if record.state == "ready"
-        else api_pb2.PodSandboxState.SANDBOX_NOTREADY,
+        state=sandbox_state(record),
         created_at=record.created_at,
         network=api_pb2.PodSandboxNetworkStatus(
             ip=record.info.get("ip", ""),

@@ -23,7 +23,12 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from cri.api import api_pb2
-from cri.statuses import CONTAINER_STATES, container_status_proto, sandbox_status_proto
+from cri.statuses import (
+    CONTAINER_STATES,
+    container_status_proto,
+    sandbox_state,
+    sandbox_status_proto,
+)
 from cri.store import ContainerRecord, SandboxRecord, Store
 
 R = TypeVar("R", SandboxRecord, ContainerRecord)
@@ -197,9 +202,7 @@ class Views:
         message = api_pb2.PodSandbox(
             id=record.id,
             metadata=config.metadata,
-            state=api_pb2.PodSandboxState.SANDBOX_READY
-            if record.state == "ready"
-            else api_pb2.PodSandboxState.SANDBOX_NOTREADY,
+            state=sandbox_state(record),
             created_at=record.created_at,
             labels=config.labels,
             annotations=config.annotations,
