@@ -11,6 +11,9 @@ temporary directory, then times, on the same file in the same run:
   ``--include`` (keeps 1 in 10): the filters, goal >= 400 MB/s; ``grep`` with the
   same pattern is their peer
 * ``iottymux logs --output json | wc -l`` (goal >= 200 MB/s)
+* ``iottymux logs --prefix | wc -l`` (every line labelled, as when a pod's containers
+  are merged), and the full read again with ``IOTTYMUX_PURE_PYTHON=1``: what the C
+  accelerator (``iottymux._prefixes``) is worth
 
 each against ``tail -n 100 FILE`` and ``cat FILE | wc -l``.  Every case runs
 ``--runs`` times; medians are printed with ratios.  The library calls are also
@@ -39,6 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench._results import update  # noqa: E402
+from iottymux.logblocks import ACCELERATED  # noqa: E402
 from iottymux.logfiles import ReadStats  # noqa: E402
 from iottymux.logformat import LineFramer, format_timestamp  # noqa: E402
 from iottymux.logreader import ReadOptions, read_lines  # noqa: E402
@@ -198,7 +202,9 @@ def write_section(
         "rounds. CPU s is the user+system time of every process of the command (`wc` "
         "too); MB per CPU second is less sensitive to other work on the machine than "
         f"MB/s. Load average {load_start[0]:.2f} at the start, {load_after[0]:.2f} at the "
-        "end (2 vCPUs shared with other work).",
+        "end (2 vCPUs shared with other work). The C accelerator (`iottymux._prefixes`) "
+        f"{'in use' if ACCELERATED else 'NOT built'}; the last row turns it off. `iottymux "
+        "logs` asks for a 1 MiB pipe on its standard output.",
         "",
         "| case | median ms | vs `tail -n 100` | vs `cat \\| wc -l` | MB/s | CPU s "
         "| MB per CPU s | CPU vs `cat \\| wc -l` | goal |",
@@ -234,6 +240,7 @@ def main() -> int:
         # Ratios are same-run, but a busy machine slows the Python cases more.
         load_start = os.getloadavg()
         print("load average at start: {:.2f} {:.2f} {:.2f}".format(*load_start))
+        print(f"C accelerator in use: {'yes' if ACCELERATED else 'no (not built)'}")
         # Warm the page cache so every contender reads from memory.
         subprocess.run(["cat", str(big), str(small)], stdout=subprocess.DEVNULL, check=True)
 
@@ -281,6 +288,13 @@ def main() -> int:
                 400,
             ),
             ("iottymux logs --output json | wc -l", f"{py} --output json {big} | wc -l", size, 200),
+            ("iottymux logs --prefix | wc -l", f"{py} --prefix {big} | wc -l", size, 0),
+            (
+                "iottymux logs FILE | wc -l (pure Python)",
+                f"IOTTYMUX_PURE_PYTHON=1 {py} {big} | wc -l",
+                size,
+                0,
+            ),
         ]
         every = peers + cases
         timings = timed_round_robin([cmd for _, cmd, _, _ in every], args.runs)
@@ -295,6 +309,7 @@ def main() -> int:
         assert int(results[7].out) == int(grep.out), "--include and grep disagree"
         assert int(results[6].out) + int(grep.out) == logical, "--exclude dropped the wrong lines"
         assert int(results[8].out) == logical, "json wrote another number of lines"
+        assert int(results[9].out) == logical and int(results[10].out) == logical
 
         rows: list[Row] = []
         print()

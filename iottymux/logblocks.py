@@ -10,11 +10,17 @@ replace removed must add up to one prefix per line, so a run that was not contig
 (equal timestamps on two streams, a ``P`` piece cut from the same read, a clock that
 stepped back) is detected and handed to the record-by-record decoder instead.
 
-Everything here is pure: bytes in, offsets and bytes out.
+Everything here is pure: bytes in, offsets and bytes out.  The replace is the one step
+CPython does slowly (it sets up a substring search per line, ~0.9 GB/s): where the C
+accelerator :mod:`iottymux._prefixes` was built, :func:`strip_run` and
+:func:`replace_prefixes` are its one-pass versions, which give the same results
+(``IOTTYMUX_PURE_PYTHON=1`` turns them off).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from typing import Final
 
 from iottymux.logformat import STREAMS, TAG_FULL
@@ -22,9 +28,13 @@ from iottymux.logformat import STREAMS, TAG_FULL
 __all__ = [
     "check_run",
     "count_newlines",
+    "ACCELERATED",
     "full_prefix_end",
+    "replace_prefixes",
+    "replace_prefixes_python",
     "run_end",
     "strip_run",
+    "strip_run_python",
 ]
 
 #: A record prefix (timestamp, stream, tags and their spaces) longer than this is
@@ -120,11 +130,12 @@ def run_end(data: bytes, pos: int, line_end: int, prefix: bytes, n: int = -1) ->
             bad = mid
 
 
-def strip_run(data: bytes, pos: int, end: int, prefix: bytes) -> tuple[bytes, int] | None:
+def strip_run_python(data: bytes, pos: int, end: int, prefix: bytes) -> tuple[bytes, int] | None:
     """The content of the lines in ``data[pos:end]``, and how many, or None.
 
     None means that not every line there starts with ``prefix`` (the run was not
-    contiguous): those lines must be decoded one by one.
+    contiguous): those lines must be decoded one by one.  ``data[end - 1]`` is a
+    newline and the line at ``pos`` starts with ``prefix``.
     """
     size = len(prefix)
     content = data[pos + size : end].replace(b"\n" + prefix, b"\n")
@@ -132,6 +143,32 @@ def strip_run(data: bytes, pos: int, end: int, prefix: bytes) -> tuple[bytes, in
     if (end - pos) - len(content) != lines * size:
         return None
     return content, lines
+
+
+def replace_prefixes_python(data: bytes, old: bytes, new: bytes) -> bytes:
+    """Every newline followed by ``old`` (a record prefix) becomes ``new``."""
+    return data.replace(b"\n" + old, new)
+
+
+StripRun = Callable[[bytes, int, int, bytes], "tuple[bytes, int] | None"]
+ReplacePrefixes = Callable[[bytes, bytes, bytes], bytes]
+
+
+def _accelerated() -> tuple[StripRun, ReplacePrefixes] | None:
+    if os.environ.get("IOTTYMUX_PURE_PYTHON"):
+        return None
+    try:
+        from iottymux import _prefixes
+    except ImportError:
+        return None
+    return _prefixes.strip_run, _prefixes.replace_prefixes
+
+
+#: Whether the C accelerator is in use (built, and not turned off).
+ACCELERATED: Final = _accelerated() is not None
+strip_run: StripRun
+replace_prefixes: ReplacePrefixes
+strip_run, replace_prefixes = _accelerated() or (strip_run_python, replace_prefixes_python)
 
 
 def check_run(data: bytes, pos: int, end: int, prefix: bytes) -> tuple[bytes, int] | None:

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
+from iottymux.logblocks import replace_prefixes
 from iottymux.logformat import LogRecord, parse_timestamp
 from iottymux.logsegments import SourceInfo
 
@@ -82,7 +83,7 @@ class LineRun:
     @property
     def data(self) -> bytes:
         if self.prefix:
-            self._data = self._data.replace(b"\n" + self.prefix, b"\n")
+            self._data = replace_prefixes(self._data, self.prefix, b"\n")
             self.prefix = b""
         return self._data
 

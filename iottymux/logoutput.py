@@ -17,6 +17,7 @@ import zlib
 from collections.abc import Sequence
 from typing import Final
 
+from iottymux.logblocks import replace_prefixes
 from iottymux.logfilter import Highlighter
 from iottymux.logformat import TIMESTAMP_WIDTH
 from iottymux.loglines import LineRun
@@ -143,7 +144,7 @@ class RawFormatter(Formatter):
             prefix += fixed_timestamp(run.timestamp) + b" "
         if run.prefix and self.highlighter is None:
             # Each record prefix becomes ours in one pass.
-            return prefix + run.records.replace(b"\n" + run.prefix, b"\n" + prefix)
+            return prefix + replace_prefixes(run.records, run.prefix, b"\n" + prefix)
         data = run.data
         if self.highlighter is not None:
             data = self.highlighter.apply(data)
@@ -229,7 +230,7 @@ class JsonFormatter(Formatter):
         if run.prefix and not run.prefix.translate(None, _PLAIN_JSON):
             # Escaping leaves such a record prefix as it is: replace it in one pass.
             body = json_escape_lines(run.records)
-            return head + body[:-1].replace(b"\n" + run.prefix, tail + head) + tail
+            return head + replace_prefixes(body[:-1], run.prefix, tail + head) + tail
         body = json_escape_lines(run.data)
         return head + body[:-1].replace(b"\n", tail + head) + tail
 
@@ -317,6 +318,6 @@ class TemplateFormatter(Formatter):
             )
         left_bytes, right_bytes = parts
         if run.prefix:
-            records = run.records[:-1].replace(b"\n" + run.prefix, right_bytes + left_bytes)
+            records = replace_prefixes(run.records[:-1], run.prefix, right_bytes + left_bytes)
             return left_bytes + records + right_bytes
         return left_bytes + run.data[:-1].replace(b"\n", right_bytes + left_bytes) + right_bytes

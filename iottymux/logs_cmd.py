@@ -12,9 +12,11 @@ file is printed with bytes operations over blocks, not a Python step per line.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import re
 import signal
+import stat
 import sys
 import time
 from collections import deque
@@ -57,6 +59,8 @@ DEFAULT_RKTLET_SOCKET: Final = "/run/rktlet/rktlet.sock"
 MANY_SOURCES_BLOCK: Final = 64 << 10
 #: Output is written in pieces of at least this size.
 WRITE_CHUNK: Final = 64 << 10
+#: The capacity asked for a pipe on standard output (Linux's limit for anyone is 1 MiB).
+PIPE_CAPACITY: Final = 1 << 20
 #: Malformed lines reported one by one before only a count is kept.
 MAX_REPORTED: Final = 100
 
@@ -818,6 +822,7 @@ def _run(
         # Merging many containers holds a block of each: keep the blocks small.
         options.block_size = MANY_SOURCES_BLOCK
     out = sys.stdout.buffer
+    widen_pipe(out.fileno())
     several = len(sources) > 1 or (targets.selection is not None and not targets.one_container())
     use_prefix = args.prefix if args.prefix is not None else several
     color_mode = "never" if args.no_color else args.color
@@ -909,6 +914,23 @@ def _run(
             f"files_opened={stats.files_opened} rchar={_rchar()}\n"
         )
     return code
+
+
+def widen_pipe(fd: int) -> None:
+    """Give a pipe on ``fd`` 1 MiB of room, so whole reads pass in a few writes.
+
+    With the default 64 KiB a reader like ``wc -l`` and this command wake each other
+    for every 64 KiB: piping a 1 GB log took twice as long as writing it to a file.
+    Where the system refuses (``fs.pipe-max-size``, the per-user pipe quota) the pipe
+    stays as it is.
+    """
+    try:
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return
+        if fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) < PIPE_CAPACITY:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_CAPACITY)
+    except OSError:
+        pass
 
 
 def _silence_stdout() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import json
 import os
@@ -1084,3 +1085,30 @@ def test_printed_bytes_are_the_apps_bytes(tmp_path: Path, crlf: bool) -> None:
         result = run_logs("--stream", "stdout", *extra, str(path))
         assert result.returncode == 0 and result.stderr == b""
         assert result.stdout == expected
+
+
+def test_a_pipe_on_stdout_is_widened_and_a_file_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "0.log"
+    mixed_log(path)
+    read_end, write_end = os.pipe()
+    try:
+        before = fcntl.fcntl(read_end, fcntl.F_GETPIPE_SZ)
+        proc = subprocess.Popen(logs_argv(str(path)), stdout=write_end)
+        os.close(write_end)
+        write_end = -1
+        with os.fdopen(read_end, "rb") as reader:
+            read_end = -1
+            output = reader.read()
+            # The size belongs to the pipe, so its read end sees what the command asked.
+            widened = fcntl.fcntl(reader.fileno(), fcntl.F_GETPIPE_SZ)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        for fd in (read_end, write_end):
+            if fd >= 0:
+                os.close(fd)
+    assert before < 1 << 20 and widened == 1 << 20
+    assert output == run_logs(str(path)).stdout and output.count(b"\n") == 3120
+    # A regular file is not a pipe: nothing to widen, nothing refused.
+    with open(tmp_path / "out", "wb") as out:
+        assert subprocess.run(logs_argv(str(path)), stdout=out).returncode == 0
+    assert (tmp_path / "out").read_bytes() == output
