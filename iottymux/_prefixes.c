@@ -23,7 +23,7 @@ PyDoc_STRVAR(strip_run_doc,
 "The content of the lines in data[pos:end] with each line's prefix removed, and\n"
 "how many lines (newlines) there are; None when a line after the first does not\n"
 "start with prefix.  The first line is taken to start with prefix; data[end - 1]\n"
-"must be a newline.");
+"must be a newline and prefix must hold none (as record prefixes never do).");
 
 static PyObject *
 strip_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -54,6 +54,10 @@ strip_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     if (end > pos && ((const char *)data.buf)[end - 1] != '\n') {
         PyErr_SetString(PyExc_ValueError, "strip_run(): end must follow a newline");
+        goto done;
+    }
+    if (memchr(prefix.buf, '\n', (size_t)prefix.len) != NULL) {
+        PyErr_SetString(PyExc_ValueError, "strip_run(): a prefix holds no newline");
         goto done;
     }
 
@@ -95,6 +99,10 @@ strip_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     Py_END_ALLOW_THREADS
 
+    /* What the Python checks: one prefix removed per line.  Only a first line
+       shorter than the prefix fails it here. */
+    if (!broken && (end - pos) - (written - out) != lines * size)
+        broken = 1;
     if (broken) {
         Py_CLEAR(content);
         result = Py_NewRef(Py_None);
