@@ -79,11 +79,8 @@ strip_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     const char *stop = src + end;
     while (at < stop) {
         const char *nl = memchr(at, '\n', (size_t)(stop - at));
-        if (nl == NULL) {
-            /* Only a first line shorter than the prefix gets here (data[end - 1] is
-               a newline): nothing is left to copy. */
-            break;
-        }
+        if (nl == NULL)
+            break; /* never: data[end - 1] is a newline */
         Py_ssize_t len = nl - at + 1;
         memcpy(written, at, (size_t)len);
         written += len;

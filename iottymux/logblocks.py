@@ -26,9 +26,9 @@ from typing import Final
 from iottymux.logformat import STREAMS, TAG_FULL
 
 __all__ = [
+    "ACCELERATED",
     "check_run",
     "count_newlines",
-    "ACCELERATED",
     "full_prefix_end",
     "replace_prefixes",
     "replace_prefixes_python",
@@ -164,11 +164,12 @@ def _accelerated() -> tuple[StripRun, ReplacePrefixes] | None:
     return _prefixes.strip_run, _prefixes.replace_prefixes
 
 
+_ACCELERATOR = _accelerated()
 #: Whether the C accelerator is in use (built, and not turned off).
-ACCELERATED: Final = _accelerated() is not None
+ACCELERATED: Final = _ACCELERATOR is not None
 strip_run: StripRun
 replace_prefixes: ReplacePrefixes
-strip_run, replace_prefixes = _accelerated() or (strip_run_python, replace_prefixes_python)
+strip_run, replace_prefixes = _ACCELERATOR or (strip_run_python, replace_prefixes_python)
 
 
 def check_run(data: bytes, pos: int, end: int, prefix: bytes) -> tuple[bytes, int] | None:
