@@ -29,6 +29,7 @@ from cri.errors import (
     RktletError,
     Unavailable,
 )
+from iottymux import pagemerge
 from iottymux.forkserver import ForkServer, ForkServerUnavailable
 from iottymux.monitor_cmd import start_detached, systemd_running
 
@@ -239,6 +240,12 @@ async def prestart_fork_server() -> None:
     The first RunPodSandbox then costs a fork, not an interpreter start, and the
     daemon's descriptors are the same before and after its first pod.
     """
+    if pagemerge.enabled() and not pagemerge.ksm_running():
+        log.info(
+            "KSM is off on this host (%s is not 1): pod monitors offer their memory to it, "
+            "but each keeps its own copy of ~2 MiB of interpreter pages until it runs",
+            pagemerge.KSM_RUN,
+        )
     if systemd_running() and os.environ.get("RKTLET_NO_SYSTEMD") != "1":
         return  # monitors run as transient units; a fork server would sit idle
     server = fork_server()

@@ -94,6 +94,8 @@ def serve(sock_fd: int) -> int:
     os.chdir("/")
     gc.collect()
     gc.freeze()
+    # Once the heap is what every monitor starts from: each inherits the advice.
+    monitor_cmd.offer_pages(libc)
     while True:
         try:
             message, fds, _flags, _addr = socket.recv_fds(sock, _MAX_REQUEST, 1)

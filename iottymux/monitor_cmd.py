@@ -14,6 +14,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from iottymux import pagemerge
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -52,18 +54,31 @@ def tune_malloc(libc: Any) -> None:
         mallopt(M_TRIM_THRESHOLD, 32 << 20)
 
 
-def _heap_trimmer(libc: Any) -> Callable[[], None] | None:
-    # After a burst of output, the read and framing buffers (a few MiB) stay in
-    # glibc's heap; handing them back when the pod goes quiet keeps an idle
-    # monitor's RSS at its start-up size.
+def _idle_hook(libc: Any) -> Callable[[], None] | None:
+    """What a monitor does when its pod goes quiet.
+
+    After a burst of output, the read and framing buffers (a few MiB) stay in
+    glibc's heap; handing them back keeps an idle monitor's RSS at its start-up
+    size.  Mappings made during the burst are offered to KSM (pagemerge.py).
+    """
     trim = getattr(libc, "malloc_trim", None)
-    if trim is None:
+    merge = pagemerge.enabled() and hasattr(libc, "madvise")
+    if trim is None and not merge:
         return None
 
-    def trim_heap() -> None:
-        trim(0)
+    def on_idle() -> None:
+        if trim is not None:
+            trim(0)
+        if merge:
+            pagemerge.advise(libc)
 
-    return trim_heap
+    return on_idle
+
+
+def offer_pages(libc: Any) -> None:
+    """Offer this process's private memory to KSM unless turned off (pagemerge.py)."""
+    if pagemerge.enabled() and hasattr(libc, "madvise"):
+        pagemerge.advise(libc)
 
 
 def protect_from_oom() -> None:
@@ -104,9 +119,10 @@ def serve_monitor(
         _redirect_stdio(run_dir)
         keep = [ready_fd] if ready_fd >= 0 else []
         _close_fds_except(keep)
-    if libc is None:
+    if libc is None:  # not forked from a fork server, which did this before forking
         libc = load_libc()
         tune_malloc(libc)
+        offer_pages(libc)
     _set_subreaper(libc)
     if protect:
         protect_from_oom()
@@ -121,7 +137,7 @@ def serve_monitor(
         notify_systemd(f"READY=1\nMAINPID={os.getpid()}")
 
     try:
-        run_monitor(run_dir, ready, on_idle=_heap_trimmer(libc))
+        run_monitor(run_dir, ready, on_idle=_idle_hook(libc))
     except BaseException as exc:
         if not answered:
             try:
