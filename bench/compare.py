@@ -677,7 +677,7 @@ def sum_rows(samples: dict[str, list[float]], ops: tuple[str, ...]) -> list[floa
 
 def report(res: Results) -> dict[str, str]:
     """RESULTS.md's sections written by this script (see bench/_results.py)."""
-    from bench.monitor_memory import describe_run, scale_table
+    from bench.monitor_memory import section_text
 
     sections = {
         "compare-header": "\n".join(
@@ -750,13 +750,7 @@ def report(res: Results) -> dict[str, str]:
     }
     if res.scales:
         sections["memory-at-scale"] = "\n".join(
-            [
-                "## Monitor memory at node scale (issue 14 §1)",
-                "",
-                describe_run(res.scales, res.scale_mb * MB),
-                "",
-                *scale_table(res.scale, res.scales),
-            ]
+            section_text(res.scale, res.scales, res.scale_mb * MB)
         )
     errors = [f"- {k}: {v}" for k, v in res.errors.items()]
     sections["compare-errors"] = "\n".join(["## Errors", "", *errors]) if errors else ""
@@ -977,8 +971,9 @@ def _compare(args: argparse.Namespace, res: Results, peers: Peers, base: Path) -
         from bench import monitor_memory as mm
 
         size = args.scale_mb * MB
+        ksm = os.access(mm.KSM / "run", os.W_OK)
         scale_runners: dict[str, Callable[[int], Any]] = {
-            RKTLET: lambda n: mm.cri_scale(rk, writer, n, size),
+            RKTLET: lambda n: mm.cri_scale(rk, writer, n, size, merge=ksm),
             RKTLET_EXEC: lambda n: mm.cri_scale(rk_exec, writer, n, size),
             "containerd": lambda n: mm.cri_scale(ctd, writer, n, size),
             "conmon": lambda n: mm.conmon_scale(conmon, n, size),

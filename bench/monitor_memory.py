@@ -7,6 +7,9 @@ then it sleeps).  Once every log holds its bytes and the node has been quiet for
 
 - **rktlet**: the pod's iottymux monitor, forked by the daemon's monitor fork server
   (the default);
+- **rktlet, KSM on**: the same monitors again once the host's ksmd (switched on for
+  the measurement, the host's setting restored after) has merged the pages they offer
+  it (``iottymux/pagemerge.py``), with ksmd's CPU seconds per minute then;
 - **rktlet, no fork server**: the same daemon with ``RKTLET_NO_FORK_SERVER=1``, each
   monitor its own interpreter (how every monitor started before the fork server);
 - **containerd** 1.6: the pod's ``containerd-shim-runc-v2`` (one per pod under CRI);
@@ -22,7 +25,8 @@ of the runtimes rotates with the scale.  Everything made is removed at the end.
 
 Usage (as root)::
 
-    .venv/bin/python bench/monitor_memory.py [--pods 1,30,100] [--mb 8]
+    .venv/bin/python bench/monitor_memory.py [--pods 1,30,100] [--mb 8] [--no-ksm]
+        [--results bench/RESULTS.md]
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import shutil
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +49,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import grpc
 
 from bench._cri_peer import RktletDaemon
+from bench._results import update
 from bench._writer import writer_args
 from bench.compare import (
     RKTLET,
@@ -71,14 +76,29 @@ RPC_TIMEOUT = 120.0
 SCALES = (1, 30, 100)
 CONTAINERD = "containerd"
 CONMON = "conmon"
-RUNTIMES = (RKTLET, RKTLET_EXEC, CONTAINERD, CONMON)
+RKTLET_KSM = "rktlet, KSM on"
+RUNTIMES = (RKTLET, RKTLET_KSM, RKTLET_EXEC, CONTAINERD, CONMON)
 PROCESS = {
     RKTLET: "monitor (forked), 1 per pod",
+    RKTLET_KSM: "the same monitors once ksmd merged their pages",
     RKTLET_EXEC: "monitor (own interpreter), 1 per pod",
     CONTAINERD: "shim, 1 per pod",
     CONMON: "conmon, 1 per container",
 }
-HELPER = {RKTLET: "fork server", RKTLET_EXEC: "", CONTAINERD: "containerd daemon", CONMON: ""}
+HELPER = {
+    RKTLET: "fork server",
+    RKTLET_KSM: "fork server",
+    RKTLET_EXEC: "",
+    CONTAINERD: "containerd daemon",
+    CONMON: "",
+}
+KSM = Path("/sys/kernel/mm/ksm")
+#: Full passes of ksmd over the offered memory before measuring: the first puts
+#: pages in its unstable tree, the second merges those that did not change, the
+#: third settles what the second's merging broke.
+KSM_SCANS = 3
+KSMD_WINDOW = 30.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -97,6 +117,19 @@ class Scale:
     pods: list[Mem]
     helpers: list[Mem] = field(default_factory=list)
     logged_ok: bool = True
+    #: The same pods measured again with KSM on (rktlet only), and ksmd's cost then.
+    merged: Scale | None = None
+    ksmd: KsmdCost | None = None
+
+
+@dataclass
+class KsmdCost:
+    """What ksmd spent keeping the pods' pages merged, at the host's scan rate."""
+
+    cpu_s_per_min: float
+    pages_sharing: int
+    pages_to_scan: int
+    sleep_ms: int
 
 
 def proc_mem(pid: int) -> Mem:
@@ -153,7 +186,81 @@ def helper_pids(target: Target) -> list[int]:
     return [daemon_pid]
 
 
-def cri_scale(target: Target, writer: Path, pods: int, size: int) -> Scale:
+def measure_pods(target: Target, pod_ids: Sequence[str]) -> tuple[list[Mem], list[Mem]]:
+    """Each pod's summed log-path processes, and the shared helpers."""
+    per_pod = pod_processes(target, pod_ids)
+    missing = [p[:12] for p, pids in per_pod.items() if not pids]
+    if missing:
+        raise RuntimeError(f"{target.label}: no monitor/shim found for pods {missing}")
+    mems = []
+    for pids in per_pod.values():
+        each = [proc_mem(pid) for pid in pids]
+        mems.append(
+            Mem(
+                sum(m.rss for m in each),
+                sum(m.pss for m in each),
+                sum(m.private_dirty for m in each),
+            )
+        )
+    return mems, [proc_mem(pid) for pid in helper_pids(target)]
+
+
+def _ksm_value(name: str) -> int:
+    return int((KSM / name).read_text())
+
+
+@contextlib.contextmanager
+def ksm_running() -> Iterator[None]:
+    """ksmd on for the block; the host's setting back after it, unmerging what it merged."""
+    switch = KSM / "run"
+    before = switch.read_text().strip()
+    switch.write_text("1")
+    try:
+        yield
+    finally:
+        if before != "1":
+            switch.write_text("2")  # unmerge every page merged for this run
+        switch.write_text(before)
+
+
+def wait_ksm_scans(scans: int, timeout: float = 600.0) -> None:
+    # ksmd reports its passes only through this counter: polled, there is no event.
+    target = _ksm_value("full_scans") + scans
+    deadline = time.monotonic() + timeout
+    while _ksm_value("full_scans") < target:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"ksmd did not make {scans} full scans in {timeout:g} s")
+        time.sleep(0.5)
+
+
+def ksmd_cpu_seconds() -> float:
+    for pid in cmdlines():
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/comm") as f:
+            if f.read().strip() == "ksmd":
+                with open(f"/proc/{pid}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+                return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    raise RuntimeError("no ksmd thread: this kernel has no KSM")
+
+
+def merged_scale(target: Target, pod_ids: Sequence[str]) -> tuple[Scale, KsmdCost]:
+    """The pods again once ksmd merged what their monitors offer, and ksmd's CPU then."""
+    with ksm_running():
+        wait_ksm_scans(KSM_SCANS)
+        mems, helpers = measure_pods(target, pod_ids)
+        before = ksmd_cpu_seconds()
+        time.sleep(KSMD_WINDOW)  # a measuring window, not a synchronisation
+        spent = ksmd_cpu_seconds() - before
+        cost = KsmdCost(
+            spent * 60.0 / KSMD_WINDOW,
+            _ksm_value("pages_sharing"),
+            _ksm_value("pages_to_scan"),
+            _ksm_value("sleep_millisecs"),
+        )
+    return Scale(mems, helpers), cost
+
+
+def cri_scale(target: Target, writer: Path, pods: int, size: int, merge: bool = False) -> Scale:
     rt = target.daemon.runtime
     pod_ids: list[str] = []
     logs: list[Path] = []
@@ -182,21 +289,12 @@ def cri_scale(target: Target, writer: Path, pods: int, size: int) -> Scale:
             logs.append(Path(config.log_directory) / "c" / "0.log")
         ok = wait_logged(logs, size, 300.0)
         time.sleep(QUIET_SECONDS)
-        per_pod = pod_processes(target, pod_ids)
-        missing = [p[:12] for p, pids in per_pod.items() if not pids]
-        if missing:
-            raise RuntimeError(f"{target.label}: no monitor/shim found for pods {missing}")
-        mems = []
-        for pids in per_pod.values():
-            each = [proc_mem(pid) for pid in pids]
-            mems.append(
-                Mem(
-                    sum(m.rss for m in each),
-                    sum(m.pss for m in each),
-                    sum(m.private_dirty for m in each),
-                )
-            )
-        return Scale(mems, [proc_mem(pid) for pid in helper_pids(target)], ok)
+        mems, helpers = measure_pods(target, pod_ids)
+        scale = Scale(mems, helpers, ok)
+        if merge:
+            scale.merged, scale.ksmd = merged_scale(target, pod_ids)
+            scale.merged.logged_ok = ok
+        return scale
     finally:
         for pod_id in pod_ids:
             remove_pod(target, pod_id)
@@ -274,13 +372,47 @@ def describe_run(scales: Sequence[int], size: int) -> str:
         f"once every log holds its bytes and after {QUIET_SECONDS:g} s quiet, from "
         "/proc/PID/smaps_rollup; MiB, medians over the pods. rktlet's monitors are forked by "
         "the daemon's fork server (the default); *no fork server* is the same daemon with "
-        "`RKTLET_NO_FORK_SERVER=1`, every monitor its own interpreter as before. containerd: "
+        "`RKTLET_NO_FORK_SERVER=1`, every monitor its own interpreter as before. "
+        f"*{RKTLET_KSM}*: the forked monitors measured again after the host's ksmd, switched "
+        f"on for the measurement (`/sys/kernel/mm/ksm/run` = 1, its scan rate as the host has "
+        f"it), made {KSM_SCANS} full passes over the memory they offer it "
+        "(`iottymux/pagemerge.py`: their private writable mappings, never the containers'); "
+        "the host's setting is restored after, unmerging what was merged. containerd: "
         "its shim (one per pod under CRI); conmon: one per container, run directly with runc. "
         "Helpers shared by all pods (rktlet's fork server, containerd's daemon, which copies "
         "every pod's logs) are amortised in *PSS / pod incl. helper*. PSS shares each page "
         "among the processes that map it, so it falls as pods are added; private dirty is "
         "what a pod costs by itself."
     )
+
+
+def ksmd_lines(results: dict[tuple[str, int], Scale], scales: Sequence[int]) -> list[str]:
+    out = []
+    for n in scales:
+        res = results.get((RKTLET, n))
+        if res is not None and res.ksmd is not None:
+            k = res.ksmd
+            out.append(
+                f"- ksmd with {n} pods' monitors merged: {k.cpu_s_per_min:.2f} CPU s/min over "
+                f"{KSMD_WINDOW:g} s ({k.pages_sharing} pages sharing; pages_to_scan "
+                f"{k.pages_to_scan}, sleep_millisecs {k.sleep_ms})"
+            )
+    return out
+
+
+def section_text(
+    results: dict[tuple[str, int], Scale], scales: Sequence[int], size: int
+) -> list[str]:
+    """The memory-at-scale section of bench/RESULTS.md."""
+    ksmd = ksmd_lines(results, scales)
+    return [
+        "## Monitor memory at node scale (issue 14 §1)",
+        "",
+        describe_run(scales, size),
+        "",
+        *scale_table(results, scales),
+        *(["", *ksmd] if ksmd else []),
+    ]
 
 
 # -- the run ------------------------------------------------------------------------------
@@ -305,6 +437,8 @@ def run_scales(
                 log(f"{rt} memory at scale: {errors[f'{rt} memory at scale']}")
                 continue
             results[(rt, n)] = res
+            if res.merged is not None:
+                results[(RKTLET_KSM, n)] = res.merged
             log(
                 f"{n} pods on {rt}: PSS/pod {_mib(statistics.median(m.pss for m in res.pods))} "
                 f"MiB, private dirty/pod "
@@ -320,17 +454,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pods", default=",".join(map(str, SCALES)), help="scales, e.g. 1,30")
     parser.add_argument("--mb", type=int, default=8, help="MB each container logs first")
+    parser.add_argument(
+        "--no-ksm", action="store_true", help=f"leave KSM alone (no *{RKTLET_KSM}* row)"
+    )
+    parser.add_argument("--results", type=Path, help="also write the section into this file")
     args = parser.parse_args(argv)
     scales = [int(x) for x in args.pods.split(",") if x]
     size = args.mb * MB
-    return run_with_peers("monitor_memory.py", lambda peers, _base: _measure(peers, scales, size))
+    ksm = not args.no_ksm
+    if ksm and not os.access(KSM / "run", os.W_OK):
+        log(f"{KSM / 'run'} is not writable here: no {RKTLET_KSM!r} row")
+        ksm = False
+    return run_with_peers(
+        "monitor_memory.py",
+        lambda peers, _base: _measure(peers, scales, size, ksm, args.results),
+    )
 
 
-def _measure(peers: Peers, scales: list[int], size: int) -> int:
+def _measure(
+    peers: Peers, scales: list[int], size: int, ksm: bool, results_file: Path | None
+) -> int:
     load_before = os.getloadavg()
     writer = peers.writer
     runners: dict[str, Callable[[int], Scale]] = {
-        RKTLET: lambda n: cri_scale(peers.rktlet, writer, n, size),
+        RKTLET: lambda n: cri_scale(peers.rktlet, writer, n, size, merge=ksm),
         RKTLET_EXEC: lambda n: cri_scale(peers.rktlet_exec, writer, n, size),
         CONTAINERD: lambda n: cri_scale(peers.containerd, writer, n, size),
         CONMON: lambda n: conmon_scale(peers.conmon, n, size),
@@ -339,15 +486,22 @@ def _measure(peers: Peers, scales: list[int], size: int) -> int:
     errors: dict[str, str] = {}
     run_scales(runners, scales, results, errors)
     load_after = os.getloadavg()
-    print("\n".join(machine_lines()))
-    print(f"load average (1 min) before/after: {load_before[0]:.2f} / {load_after[0]:.2f}")
-    print("\n".join(version_lines(peers.cri_targets())))
+    header = [
+        *machine_lines(),
+        f"load average (1 min) before/after: {load_before[0]:.2f} / {load_after[0]:.2f}",
+        *version_lines(peers.cri_targets()),
+        f"command: `bench/monitor_memory.py --pods {','.join(map(str, scales))} "
+        f"--mb {size // MB}{'' if ksm else ' --no-ksm'}`",
+    ]
+    body = section_text(results, scales, size)
+    print("\n".join(header))
     print()
-    print(describe_run(scales, size))
-    print()
-    print("\n".join(scale_table(results, scales)))
+    print("\n".join(body))
     for key, value in errors.items():
         print(f"error: {key}: {value}")
+    if results_file is not None and not errors:
+        text = [body[0], "", *(f"- {line}" for line in header), "", *body[2:]]
+        update(results_file, {"memory-at-scale": "\n".join(text)})
     return 1 if errors else 0
 
 

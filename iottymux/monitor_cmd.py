@@ -54,23 +54,28 @@ def tune_malloc(libc: Any) -> None:
         mallopt(M_TRIM_THRESHOLD, 32 << 20)
 
 
-def _idle_hook(libc: Any) -> Callable[[], None] | None:
+def _idle_hook(libc: Any, ksm_run: str = pagemerge.KSM_RUN) -> Callable[[], None] | None:
     """What a monitor does when its pod goes quiet.
 
     After a burst of output, the read and framing buffers (a few MiB) stay in
     glibc's heap; handing them back keeps an idle monitor's RSS at its start-up
-    size.  Mappings made during the burst are offered to KSM (pagemerge.py).
+    size.  While the host's ksmd runs, mappings made since are offered to it
+    (pagemerge.py); the offering is set up only then, for the same reason.
     """
     trim = getattr(libc, "malloc_trim", None)
     merge = pagemerge.enabled() and hasattr(libc, "madvise")
     if trim is None and not merge:
         return None
+    offer: pagemerge.Offer | None = None
 
     def on_idle() -> None:
+        nonlocal offer
         if trim is not None:
             trim(0)
-        if merge:
-            pagemerge.advise(libc)
+        if merge and pagemerge.ksm_running(ksm_run):
+            if offer is None:
+                offer = pagemerge.Offer(libc)
+            offer()
 
     return on_idle
 

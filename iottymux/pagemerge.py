@@ -18,7 +18,9 @@ once, but a child keeps it across ``exec``, which would hand every container's
 memory to KSM behind its back.
 
 The fork server advises its memory before it forks (each monitor inherits the
-flag); a monitor advises again when it goes idle, for mappings made since.
+flag); a monitor advises again when it goes idle, for mappings made since, but
+only while ksmd runs: with KSM off, the advising itself (``/proc/self/maps``,
+ctypes) would cost each monitor ~100 KiB of pages it otherwise leaves shared.
 ``IOTTYMUX_PAGE_MERGE=0`` in the environment turns the advice off.
 """
 
@@ -46,12 +48,21 @@ def enabled(environ: dict[str, str] | os._Environ[str] | None = None) -> bool:
 
 
 def ksm_running(path: str = KSM_RUN) -> bool:
-    """Whether the host's ``ksmd`` merges pages now (``run`` is ``1``)."""
+    """Whether the host's ``ksmd`` merges pages now (``run`` is ``1``).
+
+    Plain descriptor calls: an idle monitor asks this each time it goes quiet,
+    and every interpreter object it touched would be a page of its own.
+    """
     try:
-        with open(path) as f:
-            return f.read().strip() == "1"
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return False
+    try:
+        return os.read(fd, 16).strip() == b"1"
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def mergeable_ranges(maps_text: str) -> list[tuple[int, int]]:
@@ -79,24 +90,38 @@ def mergeable_ranges(maps_text: str) -> list[tuple[int, int]]:
     return ranges
 
 
+class Offer:
+    """Offers this process's private writable mappings to KSM, each range once."""
+
+    def __init__(self, libc: Any) -> None:
+        import ctypes
+
+        self._madvise = libc.madvise
+        self._madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        self._madvise.restype = ctypes.c_int
+        self._offered: set[tuple[int, int]] = set()
+
+    def __call__(self) -> int:
+        """Offer the mappings not offered yet; how many took the advice.
+
+        A mapping that refuses (a kernel without KSM says EINVAL, some special
+        mappings too) is left as it is: the advice is an offer, never a requirement.
+        """
+        try:
+            with open("/proc/self/maps") as maps:
+                text = maps.read()
+        except OSError:
+            return 0
+        advised = 0
+        for low, high in mergeable_ranges(text):
+            if (low, high) in self._offered:
+                continue
+            self._offered.add((low, high))
+            if self._madvise(low, high - low, MADV_MERGEABLE) == 0:
+                advised += 1
+        return advised
+
+
 def advise(libc: Any) -> int:
-    """Mark this process's private writable mappings mergeable; how many took the advice.
-
-    A mapping that refuses (a kernel without KSM says EINVAL, some special
-    mappings too) is left as it is: the advice is an offer, never a requirement.
-    """
-    import ctypes
-
-    madvise = libc.madvise
-    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-    madvise.restype = ctypes.c_int
-    try:
-        with open("/proc/self/maps") as maps:
-            text = maps.read()
-    except OSError:
-        return 0
-    advised = 0
-    for low, high in mergeable_ranges(text):
-        if madvise(low, high - low, MADV_MERGEABLE) == 0:
-            advised += 1
-    return advised
+    """Offer every private writable mapping of this process once; how many took it."""
+    return Offer(libc)()

@@ -98,7 +98,7 @@ needs_ksm = pytest.mark.skipif(
 
 
 @needs_ksm
-def test_advise_offers_the_heap_and_anonymous_memory_not_code() -> None:
+def test_advise_offers_the_heap_and_anonymous_memory_not_code(tmp_path: Path) -> None:
     program = textwrap.dedent(
         """
         import ctypes, mmap, sys
@@ -109,14 +109,17 @@ def test_advise_offers_the_heap_and_anonymous_memory_not_code() -> None:
         late = mmap.mmap(-1, 1 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         late.write(b"x" * (1 << 20))
         print(hex(ctypes.addressof(ctypes.c_char.from_buffer(late))), flush=True)
-        sys.stdin.readline()
-        monitor_cmd._idle_hook(libc)()
-        print("idle", flush=True)
-        sys.stdin.readline()
+        on_idle = monitor_cmd._idle_hook(libc, sys.argv[1])
+        while sys.stdin.readline():
+            on_idle()
+            print("idle", flush=True)
         """
     )
+    # The monitor offers new mappings only while ksmd runs: a switch of the test's own.
+    switch = tmp_path / "run"
+    switch.write_text("0\n")
     proc = subprocess.Popen(
-        [sys.executable, "-S", "-c", program],
+        [sys.executable, "-S", "-c", program, str(switch)],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         stdin=subprocess.PIPE,
@@ -132,6 +135,12 @@ def test_advise_offers_the_heap_and_anonymous_memory_not_code() -> None:
         assert not any(mg for m, mg in flags.items() if m.split()[1] == "r-xp"), "code"
         late_mapping = next(m for m in flags if _contains(m, late))
         assert not flags[late_mapping], "made after the advice: not offered yet"
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "idle"
+        flags = merge_flags(proc.pid)
+        assert not flags[next(m for m in flags if _contains(m, late))], "ksmd is off"
+        switch.write_text("1\n")
         proc.stdin.write("\n")
         proc.stdin.flush()
         assert proc.stdout.readline().strip() == "idle"
