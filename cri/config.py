@@ -44,6 +44,9 @@ class Config:
     cgroup_driver: str = "cgroupfs"
     #: Prometheus metrics HOST:PORT; empty (the default) serves no metrics.
     metrics_address: str = ""
+    #: Seconds between two measurements of the image store and the containers' writable
+    #: layers (ImageFsInfo, container stats answer from the last one), as containerd's 10.
+    fs_usage_period: float = 10.0
     #: The raw TOML document, for sections read by other modules ([images]).
     document: dict[str, Any] = field(default_factory=dict)
 
@@ -79,6 +82,11 @@ def _apply(config: Config, key: str, value: Any, where: str) -> None:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise InvalidArgument(f"{where}{key}: must be a list of strings")
         setattr(config, key, list(value))
+    elif isinstance(current, float):
+        # bool is an int: ``fs_usage_period = true`` is a mistake, not 1 second.
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidArgument(f"{where}{key}: must be a number")
+        setattr(config, key, float(value))
     else:
         if not isinstance(value, str):
             raise InvalidArgument(f"{where}{key}: must be a string")
@@ -143,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT|unix:///PATH",
         help="serve Prometheus metrics on HOST:PORT or a unix socket (default: off)",
     )
+    parser.add_argument(
+        "--fs-usage-period",
+        type=float,
+        metavar="SECONDS",
+        help="how often the image and container filesystems are measured (default 10)",
+    )
     return parser
 
 
@@ -161,6 +175,7 @@ def load(argv: list[str]) -> Config:
         "log_level",
         "cgroup_driver",
         "metrics_address",
+        "fs_usage_period",
     ):
         value = getattr(args, key)
         if value is not None:
@@ -182,6 +197,10 @@ def load(argv: list[str]) -> Config:
         _host, sep, port = config.metrics_address.rpartition(":")
         if not sep or not port.isdigit() or int(port) > 65535:
             raise InvalidArgument(f"metrics_address: {config.metrics_address!r} is not HOST:PORT")
+    if not config.fs_usage_period > 0:  # also NaN
+        raise InvalidArgument(
+            f"fs_usage_period: must be a number of seconds above 0, not {config.fs_usage_period}"
+        )
     if config.log_level not in LOG_LEVELS:
         raise InvalidArgument(f"log_level: must be one of {', '.join(LOG_LEVELS)}")
     return config

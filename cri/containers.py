@@ -514,7 +514,8 @@ async def list_(rt: Runtime, request: api_pb2.ListContainersRequest) -> Any:
     flt = request.filter if request.HasField("filter") else None
     if flt is None or flt == _NO_FILTER:  # the kubelet's relist, every second
         return rt.views.unfiltered("ListContainers", lambda: _list_response(rt, None))
-    return _list_response(rt, flt)
+    key = flt.SerializeToString(deterministic=True)
+    return rt.views.filtered("ListContainers", key, lambda: _list_response(rt, flt))
 
 
 _NO_FILTER = api_pb2.ContainerFilter()

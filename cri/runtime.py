@@ -29,6 +29,7 @@ from cri.images.manager import ImageManager
 from cri.images.rootfs import RootfsManager
 from cri.images.service import ImageService
 from cri.images.store import ImageStore
+from cri.images.usage import UsageCache
 from cri.monitors import MonitorConnection
 from cri.network.cni import CNINetwork
 from cri.oci import userns
@@ -86,7 +87,11 @@ class Runtime:
         )
         self.rootfs = RootfsManager(self.image_store, self.root / "rootfs")
         self.images.in_use = self.image_volume_user
-        self.image_service = ImageService(self.images, self.root / "rootfs")
+        #: Image store and writable-layer usage, measured every fs_usage_period seconds
+        #: once :meth:`start` has run (ImageFsInfo, container stats).
+        self.fs_usage = UsageCache(self.image_store, self.rootfs.dir, config.fs_usage_period)
+        self.images.on_change = self.fs_usage.images_changed
+        self.image_service = ImageService(self.images, self.rootfs.dir, self.fs_usage)
         self.network = CNINetwork(
             state_dir=str(self.root / "cni"),
             conf_dir=config.cni_conf_dir,
@@ -164,6 +169,7 @@ class Runtime:
         # CPU samples are kept by cgroup directory, which ends in the object's id.
         for directory in [d for d in self.cpu_samples if d.endswith(container_id)]:
             del self.cpu_samples[directory]
+        self.fs_usage.forget(container_id)
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
@@ -549,6 +555,7 @@ class Runtime:
                     "cpuSamples": len(self.cpu_samples),
                     "monitorDeaths": len(self._deaths),
                     "tasks": len(self._tasks),
+                    "fsUsageLayers": self.fs_usage.layers_kept,
                 }
             )
             # Why a handler lacks a feature ("" where it has it).
@@ -557,8 +564,13 @@ class Runtime:
 
     # -- start and stop -------------------------------------------------------------
 
+    def start(self) -> None:
+        """Start the background work of a serving daemon (after recovery)."""
+        self.fs_usage.start()
+
     async def close(self) -> None:
         """Stop serving; pods and their monitors go on running."""
+        await self.fs_usage.stop()
         for task in list(self._tasks):
             task.cancel()
         for connection in list(self.monitors.values()):

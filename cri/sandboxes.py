@@ -400,16 +400,13 @@ async def teardown(rt: Runtime, record: SandboxRecord, *, remove: bool) -> None:
 async def status(rt: Runtime, request: api_pb2.PodSandboxStatusRequest) -> Any:
     # Read-only, and asked for every pod every few seconds: from the views.
     record = rt.peek_sandbox(request.pod_sandbox_id)
-    views = rt.views
-    response = api_pb2.PodSandboxStatusResponse(status=views.sandbox_status(record))
+    response = api_pb2.PodSandboxStatusResponse()
+    response.CopyFrom(rt.views.sandbox_status_response(record, rt.log_drop_message))
     if request.verbose:
         response.info["info"] = json.dumps(
             {"state": record.state, "runtimeHandler": record.runtime_handler, **record.info},
             sort_keys=True,
         )
-    response.containers_statuses.extend(
-        views.container_status(c, rt.log_drop_message(c.id)) for c in views.containers(record.id)
-    )
     response.timestamp = now_ns()
     return response
 
@@ -418,7 +415,8 @@ async def list_(rt: Runtime, request: api_pb2.ListPodSandboxRequest) -> Any:
     flt = request.filter if request.HasField("filter") else None
     if flt is None or flt == _NO_FILTER:  # the kubelet's relist, every second
         return rt.views.unfiltered("ListPodSandbox", lambda: _list_response(rt, None))
-    return _list_response(rt, flt)
+    key = flt.SerializeToString(deterministic=True)
+    return rt.views.filtered("ListPodSandbox", key, lambda: _list_response(rt, flt))
 
 
 _NO_FILTER = api_pb2.PodSandboxFilter()

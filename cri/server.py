@@ -76,6 +76,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     log.info("serving CRI on %s (root %s, run dir %s)", socket_path, config.root, config.run_dir)
     if ready is not None:
         ready.set()
+    runtime.start()
     try:
         await stop.wait()
     finally:

@@ -12,7 +12,6 @@ from typing import Any
 
 from cri import cgroups
 from cri.api import api_pb2
-from cri.images.manager import tree_usage
 from cri.network.netns import interface_counters_via
 from cri.runtime import Runtime, labels_match
 from cri.store import ContainerRecord, SandboxRecord, now_ns
@@ -82,13 +81,16 @@ def container_stats_proto(rt: Runtime, record: ContainerRecord) -> api_pb2.Conta
 
 
 def writable_layer_usage(rt: Runtime, record: ContainerRecord) -> api_pb2.FilesystemUsage:
-    """Bytes and inodes of the container's writable layer (its overlay upper dir)."""
-    used, inodes = tree_usage(rt.rootfs.dir / record.id / "upper")
+    """Bytes and inodes of the container's writable layer (its overlay upper dir).
+
+    From the runtime's usage cache, as ImageFsInfo: the timestamp is when it was measured.
+    """
+    layer = rt.fs_usage.layer(record.id)
     return api_pb2.FilesystemUsage(
-        timestamp=now_ns(),
+        timestamp=layer.timestamp_ns,
         fs_id=api_pb2.FilesystemIdentifier(mountpoint=str(rt.rootfs.dir)),
-        used_bytes=api_pb2.UInt64Value(value=used),
-        inodes_used=api_pb2.UInt64Value(value=inodes),
+        used_bytes=api_pb2.UInt64Value(value=layer.used_bytes),
+        inodes_used=api_pb2.UInt64Value(value=layer.inodes_used),
     )
 
 

@@ -12,7 +12,10 @@ config and a filter that decoded every config again to match labels: at 100 pods
 built from them, and an index of their labels.  The generation moves with every
 committed write (this daemon's, or another connection's, which ``PRAGMA
 data_version`` shows), and then everything is read again; a message is rebuilt only
-if its record changed.  Records handed out here are the views' own: callers read
+if its record changed.  Whole answers are kept for the generation too: the unfiltered
+lists, the lists filtered by a given filter, and each pod's PodSandboxStatus (with
+its containers' statuses, and the log-drop words kept outside the store checked at
+every call).  Records handed out here are the views' own: callers read
 them, never change them (a change goes through the store, fresh from it).
 """
 
@@ -33,6 +36,10 @@ from cri.store import ContainerRecord, SandboxRecord, Store
 
 R = TypeVar("R", SandboxRecord, ContainerRecord)
 M = TypeVar("M")
+
+#: Filtered list answers kept per generation: a node's pods twice over (the kubelet
+#: filters each pod's sandbox and containers by its uid label), and then some.
+MAX_FILTERED = 2048
 
 _ASCII_FOLD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
@@ -89,6 +96,7 @@ class Views:
         self._sandbox_listing: Listing[SandboxRecord, api_pb2.PodSandbox] | None = None
         self._container_listing: Listing[ContainerRecord, api_pb2.Container] | None = None
         self._unfiltered: dict[str, object] = {}
+        self._filtered: dict[tuple[str, bytes], object] = {}
         # Kept across generations, each entry checked against its record's current value.
         self._pod_configs: dict[str, tuple[bytes, api_pb2.PodSandboxConfig]] = {}
         self._ctr_configs: dict[str, tuple[bytes, api_pb2.ContainerConfig]] = {}
@@ -96,6 +104,10 @@ class Views:
         self._ctr_items: dict[str, Item[ContainerRecord, api_pb2.Container]] = {}
         self._pod_statuses: dict[str, tuple[SandboxRecord, api_pb2.PodSandboxStatus]] = {}
         self._ctr_statuses: dict[str, tuple[ContainerRecord, str, api_pb2.ContainerStatus]] = {}
+        # Of this generation only: a pod's answer holds its containers' statuses too.
+        self._pod_responses: dict[
+            str, tuple[tuple[str, ...], api_pb2.PodSandboxStatusResponse]
+        ] = {}
 
     # -- the generation ----------------------------------------------------------------
 
@@ -112,6 +124,8 @@ class Views:
             self._by_sandbox.setdefault(record.sandbox_id, []).append(record)
         self._sandbox_listing = self._container_listing = None
         self._unfiltered.clear()
+        self._filtered.clear()
+        self._pod_responses.clear()
         for cache in (
             self._pod_configs,
             self._pod_items,
@@ -130,6 +144,20 @@ class Views:
         found = self._unfiltered.get(name)
         if found is None:
             found = self._unfiltered[name] = build()
+        return found  # type: ignore[return-value]
+
+    def filtered(self, name: str, key: bytes, build: Callable[[], M]) -> M:
+        """The answer ``name`` of a list call with the filter serialised as ``key``.
+
+        Built once per generation and filter: the kubelet asks each pod's sandbox and
+        containers by its uid label every few seconds, the same filters over and over.
+        """
+        self._current()
+        found = self._filtered.get((name, key))
+        if found is None:
+            if len(self._filtered) >= MAX_FILTERED:
+                self._filtered.clear()  # a client that never asks the same twice
+            found = self._filtered[(name, key)] = build()
         return found  # type: ignore[return-value]
 
     # -- records -----------------------------------------------------------------------
@@ -260,3 +288,24 @@ class Views:
             found = (record, log_message, container_status_proto(record, log_message))
             self._ctr_statuses[record.id] = found
         return found[2]
+
+    def sandbox_status_response(
+        self, record: SandboxRecord, log_message: Callable[[str], str]
+    ) -> api_pb2.PodSandboxStatusResponse:
+        """PodSandboxStatus's answer for ``record`` (of this generation) but its timestamp.
+
+        The pod's status and its containers' statuses, built once per generation and
+        again when a container's ``log_message`` (kept outside the store) changes.
+        Read it, do not change it: copy it into the answer.
+        """
+        self._current()
+        containers = self._by_sandbox.get(record.id, ())
+        messages = tuple(log_message(c.id) for c in containers)
+        found = self._pod_responses.get(record.id)
+        if found is None or found[0] != messages:
+            response = api_pb2.PodSandboxStatusResponse(status=self.sandbox_status(record))
+            response.containers_statuses.extend(
+                self.container_status(c, m) for c, m in zip(containers, messages, strict=True)
+            )
+            found = self._pod_responses[record.id] = (messages, response)
+        return found[1]

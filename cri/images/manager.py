@@ -15,10 +15,7 @@ image uses is collected before the error is returned.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +39,7 @@ from cri.images.reference import Reference, parse_reference
 from cri.images.registry import RegistryClient, Repository
 from cri.images.store import ImageRecord, ImageStore, Lease
 
-__all__ = ["FsUsage", "ImageManager", "ProgressEvent", "ProgressFn"]
+__all__ = ["ImageManager", "ProgressEvent", "ProgressFn"]
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +59,6 @@ class ProgressEvent:
 
 
 ProgressFn = Callable[[ProgressEvent], None]
-
-
-@dataclass(frozen=True, slots=True)
-class FsUsage:
-    mountpoint: str
-    used_bytes: int
-    inodes_used: int
-    timestamp_ns: int
 
 
 @dataclass(slots=True)
@@ -111,6 +100,8 @@ class ImageManager:
         self.client = client or RegistryClient(self.config)
         #: The id of a container that uses an image as a volume, if any (set by the runtime).
         self.in_use: Callable[[str], str | None] = lambda image_id: None
+        #: Called after an image is pulled, imported or removed (the usage cache listens).
+        self.on_change: Callable[[], None] = lambda: None
         self._pulls: dict[tuple[str, Credentials], _PullJob] = {}
         self._blobs: dict[str, asyncio.Task[None]] = {}
         self._layers: dict[str, asyncio.Task[None]] = {}
@@ -176,14 +167,17 @@ class ImageManager:
 
     async def _pull(self, ref: Reference, creds: Credentials, tracker: _Tracker) -> ImageRecord:
         repo = self.client.repository(ref, creds)
-        with self.store.lease() as lease:
-            try:
-                return await self._pull_leased(ref, repo, lease, tracker)
-            except BaseException:
-                # Nothing half-stored: drop our claim, then collect what no image uses.
-                lease.release()
-                await asyncio.to_thread(self.store.gc)
-                raise
+        try:
+            with self.store.lease() as lease:
+                try:
+                    return await self._pull_leased(ref, repo, lease, tracker)
+                except BaseException:
+                    # Nothing half-stored: drop our claim, then collect what no image uses.
+                    lease.release()
+                    await asyncio.to_thread(self.store.gc)
+                    raise
+        finally:
+            self.on_change()  # a failed pull may leave shared layers it fetched
 
     async def _pull_leased(
         self, ref: Reference, repo: Repository, lease: Lease, tracker: _Tracker
@@ -324,9 +318,12 @@ class ImageManager:
 
     async def import_archive(self, path: Path, name: str | None = None) -> list[ImageRecord]:
         """Import an OCI image-layout tar or a ``docker save`` tar (see importer.py)."""
-        return await asyncio.to_thread(
-            import_archive, self.store, Path(path), self.config.platform, name
-        )
+        try:
+            return await asyncio.to_thread(
+                import_archive, self.store, Path(path), self.config.platform, name
+            )
+        finally:
+            self.on_change()
 
     async def remove(self, image: str, field_name: str = "image.image") -> bool:
         """Remove by id (the whole image), tag or digest (that ref; see ImageStore.remove_ref).
@@ -350,32 +347,8 @@ class ImageManager:
             assert key is not None
             await asyncio.to_thread(self.store.remove_ref, key, how)
         await asyncio.to_thread(self.store.gc)
+        self.on_change()
         return True
-
-    async def image_fs_usage(self) -> FsUsage:
-        used, inodes = await asyncio.to_thread(self.store.image_fs_usage)
-        return FsUsage(str(self.store.root), used, inodes, time.time_ns())
-
-    async def container_fs_usage(self, rootfs_dir: Path) -> FsUsage:
-        """What the containers' writable layers (``<rootfs_dir>/*/upper``) hold.
-
-        Walked on the loop, one container at a time with the loop's other work in
-        between: a worker thread walking hundreds of small directories waits for the
-        GIL at every system call while the loop serves the kubelet's polls, and took
-        several times longer than the walk itself.
-        """
-        size = inodes = 0
-        try:
-            entries = os.scandir(rootfs_dir)
-        except (FileNotFoundError, NotADirectoryError):
-            return FsUsage(str(rootfs_dir), 0, 0, time.time_ns())
-        with entries:
-            for entry in entries:
-                used, count = tree_usage(os.path.join(entry.path, "upper"))
-                size += used
-                inodes += count
-                await asyncio.sleep(0)
-        return FsUsage(str(rootfs_dir), size, inodes, time.time_ns())
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -391,35 +364,3 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     walk(group)
     domain = [e for e in leaves if isinstance(e, RktletError)]
     return (domain or leaves)[0]
-
-
-def tree_usage(top: str | os.PathLike[str]) -> tuple[int, int]:
-    """Bytes of the files and number of entries below ``top`` (0, 0 if it is no directory).
-
-    What ``os.walk`` counts (entries that cannot be read are skipped; a symlink to a
-    directory counts, and is not followed), in one ``scandir`` per directory, with
-    the sizes from the entries' own ``lstat``: the kubelet asks for the node's
-    writable layers every few seconds.
-    """
-    size = 0
-    inodes = 0
-    pending = [os.fspath(top)]
-    while pending:
-        try:
-            entries = os.scandir(pending.pop())
-        except OSError:
-            continue
-        with entries:
-            for entry in entries:
-                inodes += 1
-                try:
-                    is_dir = entry.is_dir()
-                except OSError:
-                    is_dir = False
-                if is_dir:
-                    if not entry.is_symlink():
-                        pending.append(entry.path)
-                    continue
-                with contextlib.suppress(OSError):
-                    size += entry.stat(follow_symlinks=False).st_size
-    return size, inodes

@@ -14,8 +14,9 @@ from typing import Any
 from cri.api import api_pb2
 from cri.errors import InvalidArgument, grpc_errors
 from cri.images.auth import Credentials
-from cri.images.manager import FsUsage, ImageManager
+from cri.images.manager import ImageManager
 from cri.images.store import ImageRecord
+from cri.images.usage import FsUsage, UsageCache
 
 __all__ = ["ImageService", "image_to_proto"]
 
@@ -54,9 +55,19 @@ def _required_image(request: Any, field: str = "image") -> str:
 class ImageService:
     """Implements ``runtime.v1.ImageService`` for grpc.aio."""
 
-    def __init__(self, manager: ImageManager, rootfs_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        manager: ImageManager,
+        rootfs_dir: Path | None = None,
+        usage: UsageCache | None = None,
+    ) -> None:
         self.manager = manager
         self.rootfs_dir = rootfs_dir or manager.store.root / "rootfs"
+        if usage is None:
+            usage = UsageCache(manager.store, self.rootfs_dir)
+            manager.on_change = usage.images_changed
+        #: ImageFsInfo's figures (the runtime's, which it refreshes in the background).
+        self.usage = usage
 
     @grpc_errors
     async def ListImages(
@@ -123,8 +134,10 @@ class ImageService:
     async def ImageFsInfo(
         self, request: api_pb2.ImageFsInfoRequest, context: Any
     ) -> api_pb2.ImageFsInfoResponse:
-        images = await self.manager.image_fs_usage()
-        containers = await self.manager.container_fs_usage(self.rootfs_dir)
+        # As containerd: the last background measurement, with its time, not a walk of
+        # every writable layer per call.
+        images = await self.usage.image_usage()
+        containers = await self.usage.container_usage()
         return api_pb2.ImageFsInfoResponse(
             image_filesystems=[_usage_to_proto(images)],
             container_filesystems=[_usage_to_proto(containers)],

@@ -26,11 +26,17 @@ def serve(
     tmp_path: Path,
     config: ImagesConfig,
     body: Callable[[Any], Awaitable[None]],
+    service: list[ImageService] | None = None,
 ) -> None:
+    """Run ``body`` with a stub of a served ImageService (appended to ``service`` if given)."""
+
     async def main() -> None:
         manager = ImageManager(store, config)
         server = grpc.aio.server()
-        api_pb2_grpc.add_ImageServiceServicer_to_server(ImageService(manager), server)
+        servicer = ImageService(manager)
+        if service is not None:
+            service.append(servicer)
+        api_pb2_grpc.add_ImageServiceServicer_to_server(servicer, server)
         socket = tmp_path / "cri.sock"
         server.add_insecure_port(f"unix://{socket}")
         await server.start()
@@ -163,6 +169,8 @@ def test_bad_input_and_failures_map_to_status_codes(
 
 
 def test_image_fs_info(registry: Registry, store: ImageStore, tmp_path: Path) -> None:
+    served: list[ImageService] = []
+
     async def body(stub: Any) -> None:
         before = await stub.ImageFsInfo(api_pb2.ImageFsInfoRequest())
         await stub.PullImage(
@@ -173,11 +181,19 @@ def test_image_fs_info(registry: Registry, store: ImageStore, tmp_path: Path) ->
         root = rootfs.create("c", image_id)
         try:
             (root / "tmp/data").write_bytes(b"z" * 4096)
+            # The pull is seen at once; a container's writes at the next measurement.
+            pulled = await stub.ImageFsInfo(api_pb2.ImageFsInfoRequest())
+            assert pulled.container_filesystems[0].used_bytes.value == 0
+            await served[0].usage.refresh()
             after = await stub.ImageFsInfo(api_pb2.ImageFsInfoRequest())
         finally:
             rootfs.remove("c")
         (img_before,) = before.image_filesystems
         (img,) = after.image_filesystems
+        assert pulled.image_filesystems[0].used_bytes.value == img.used_bytes.value
+        await stub.RemoveImage(api_pb2.RemoveImageRequest(image=spec(image_id)))
+        removed = await stub.ImageFsInfo(api_pb2.ImageFsInfoRequest())
+        assert removed.image_filesystems[0].used_bytes.value < img.used_bytes.value
         (ctr,) = after.container_filesystems
         assert img.fs_id.mountpoint == str(store.root)
         assert img.used_bytes.value > img_before.used_bytes.value + 1_000_000
@@ -186,4 +202,4 @@ def test_image_fs_info(registry: Registry, store: ImageStore, tmp_path: Path) ->
         assert ctr.used_bytes.value >= 4096 and ctr.inodes_used.value >= 2
         assert img.timestamp > 0
 
-    serve(store, tmp_path, insecure_config(registry.host), body)
+    serve(store, tmp_path, insecure_config(registry.host), body, served)
