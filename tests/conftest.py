@@ -52,6 +52,17 @@ def kill_tree(pid: int) -> None:
             os.kill(p, signal.SIGKILL)
 
 
+@pytest.fixture
+def monitors() -> Iterator[list[int]]:
+    """Pids of monitors a test started; each is shut down (or killed) at the end."""
+    pids: list[int] = []
+    try:
+        yield pids
+    finally:
+        for pid in pids:
+            kill_tree(pid)
+
+
 def pid_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:

@@ -30,17 +30,6 @@ def fork_server() -> Iterator[ForkServer]:
         server.close()
 
 
-@pytest.fixture
-def monitors() -> Iterator[list[int]]:
-    """Pids of monitors a test started; each is shut down (or killed) at the end."""
-    pids: list[int] = []
-    try:
-        yield pids
-    finally:
-        for pid in pids:
-            kill_tree(pid)
-
-
 def wait_gone(pid: int, timeout: float = 15.0) -> bool:
     """Whether ``pid`` (not our child) exits within ``timeout``."""
     try:

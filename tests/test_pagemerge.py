@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,6 @@ import pytest
 from iottymux import pagemerge
 from iottymux.control import ControlClient
 from iottymux.forkserver import ForkServer
-from tests.conftest import kill_tree
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -154,16 +152,6 @@ def test_advise_offers_the_heap_and_anonymous_memory_not_code(tmp_path: Path) ->
 def _contains(mapping: str, address: int) -> bool:
     low, high = (int(x, 16) for x in mapping.split()[0].split("-"))
     return low <= address < high
-
-
-@pytest.fixture
-def monitors() -> Iterator[list[int]]:
-    pids: list[int] = []
-    try:
-        yield pids
-    finally:
-        for pid in pids:
-            kill_tree(pid)
 
 
 def children(pid: int) -> list[int]:
